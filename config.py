@@ -1,0 +1,257 @@
+"""Typed configuration with named presets.
+
+`python main.py config --preset P --set section.field=value` prints the resolved config. Every field is read
+somewhere; the short comment says why it exists. Checkpoints store `asdict(config)` (primitives only) and
+`Config.from_dict` rebuilds it on resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from utils.errors import UserError
+
+
+class ConfigError(UserError):
+    """A configuration mistake, naming the field."""
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "training_data"  # flat folder of <name>.gif + <name>.txt caption pairs
+    num_frames: int = 16  # frames per clip, sampled evenly over the whole GIF
+    image_size: int = 64  # square training resolution
+    resize_mode: str = "pad"  # "pad" keeps the whole signer (letterbox); "crop" fills the frame
+    val_fraction: float = 0.05  # deterministic share of clips held out for validation
+    cache_dir: str = "cache"  # decoded uint8 clips and caption embeddings, keyed by content + settings
+    synth_if_missing: bool = False  # write the built-in synthetic set into data_dir when it has no GIFs
+    synth_num: int = 600  # clips written when synth_if_missing triggers
+    synth_seed: int = 0  # seed of that synthetic set (deterministic content)
+
+
+@dataclass
+class TextConfig:
+    encoder: str = "distilbert-base-uncased"  # HF name, local dir, or "all-MiniLM-L6-v2" (packaged, offline)
+    max_length: int = 32  # token budget per caption; longer captions are truncated with a warning
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "TinyDiT-D14/2"  # key of models.DiT_models (depth / hidden / heads / patch)
+    frame_chunk_size: int = 4  # frames per spatial-block pass: bounds activation memory on big models
+    grad_checkpointing: bool = False  # recompute chunk activations in backward to save memory
+    temporal_attention: bool = True  # attention across frames at each spatial position
+    cross_attention: bool = True  # token-level text conditioning (the pooled vector always conditions adaLN)
+    caption_dropout: float = 0.1  # share of training captions replaced by the learned null embedding (CFG)
+
+
+@dataclass
+class DiffusionConfig:
+    timesteps: int = 50  # training diffusion steps T
+    schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid
+    prediction: str = "eps"  # eps | v
+    sampler: str = "ddim"  # ddim | ddpm
+    sample_steps: int = 50  # sampler steps (<= timesteps)
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic, 1 = DDPM-like)
+    guidance_scale: float = 3.0  # classifier-free guidance weight (1 = off)
+
+
+@dataclass
+class TrainConfig:
+    exp_name: str = "tinyfusion"  # names checkpoints/<exp>, logs/<exp>, generated_samples/<exp>
+    epochs: int = 1000  # passes over the training split
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    batch_size: int = 1  # clips per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    lr_schedule: str = "cosine"  # cosine | constant (both after linear warmup)
+    warmup_steps: int = 500  # linear warmup from 0 to lr, in optimizer steps
+    ema_decay: float = 0.9999  # EMA of weights used for sampling
+    seed: int = 42  # seeds data order, noise, timesteps and caption dropout
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
+    log_every: int = 10  # optimizer steps between scalar logs
+    sample_every: int = 1000  # optimizer steps between sample GIFs (0 = only at the end)
+    checkpoint_every: int = 1000  # optimizer steps between kept step_N.pt checkpoints (latest.pt is refreshed too)
+    sample_prompts: tuple[str, ...] = ("hello", "thank you")  # captions sampled during training
+    checkpoint_dir: str = "checkpoints"  # root of per-experiment checkpoint folders
+    log_dir: str = "logs"  # root of per-experiment TensorBoard runs
+    sample_dir: str = "generated_samples"  # root of per-experiment sample GIFs
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        for section, values in d.items():
+            for name, value in values.items():
+                set_field(cfg, f"{section}.{name}", value)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Reject values that would fail later, naming the field."""
+        from schedulers import SCHEDULES
+        from models import DiT_models
+
+        checks = [
+            ("data.num_frames", self.data.num_frames >= 1, "must be >= 1"),
+            ("data.image_size", self.data.image_size >= 8, "must be >= 8"),
+            ("data.resize_mode", self.data.resize_mode in ("pad", "crop"), "must be pad or crop"),
+            ("data.val_fraction", 0.0 <= self.data.val_fraction < 1.0, "must be in [0, 1)"),
+            ("data.synth_num", self.data.synth_num >= 1, "must be >= 1"),
+            ("text.max_length", self.text.max_length >= 2, "must be >= 2"),
+            ("model.arch", self.model.arch in DiT_models, f"must be one of {sorted(DiT_models)}"),
+            ("model.frame_chunk_size", self.model.frame_chunk_size >= 1, "must be >= 1"),
+            ("model.caption_dropout", 0.0 <= self.model.caption_dropout < 1.0, "must be in [0, 1)"),
+            ("diffusion.timesteps", self.diffusion.timesteps >= 2, "must be >= 2"),
+            ("diffusion.schedule", self.diffusion.schedule in SCHEDULES, f"must be one of {sorted(SCHEDULES)}"),
+            ("diffusion.prediction", self.diffusion.prediction in ("eps", "v"), "must be eps or v"),
+            ("diffusion.sampler", self.diffusion.sampler in ("ddim", "ddpm"), "must be ddim or ddpm"),
+            ("diffusion.sample_steps", 1 <= self.diffusion.sample_steps <= self.diffusion.timesteps,
+             "must be in [1, diffusion.timesteps]"),
+            ("diffusion.eta", self.diffusion.eta >= 0.0, "must be >= 0"),
+            ("diffusion.guidance_scale", self.diffusion.guidance_scale >= 0.0, "must be >= 0"),
+            ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
+            ("train.max_steps", self.train.max_steps >= 0, "must be >= 0"),
+            ("train.batch_size", self.train.batch_size >= 1, "must be >= 1"),
+            ("train.grad_accum", self.train.grad_accum >= 1, "must be >= 1"),
+            ("train.lr", self.train.lr > 0, "must be > 0"),
+            ("train.weight_decay", self.train.weight_decay >= 0, "must be >= 0"),
+            ("train.grad_clip", self.train.grad_clip >= 0, "must be >= 0"),
+            ("train.lr_schedule", self.train.lr_schedule in ("cosine", "constant"), "must be cosine or constant"),
+            ("train.warmup_steps", self.train.warmup_steps >= 0, "must be >= 0"),
+            ("train.ema_decay", 0.0 <= self.train.ema_decay < 1.0, "must be in [0, 1)"),
+            ("train.precision", self.train.precision in ("auto", "fp32", "bf16"), "must be auto, fp32 or bf16"),
+            ("train.log_every", self.train.log_every >= 1, "must be >= 1"),
+            ("train.sample_every", self.train.sample_every >= 0, "must be >= 0"),
+            ("train.checkpoint_every", self.train.checkpoint_every >= 1, "must be >= 1"),
+            ("train.exp_name", _safe_name(self.train.exp_name), "must be letters, digits, '-', '_' or '.'"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{name}={get_field(self, name)!r} {why}")
+        arch = DiT_models[self.model.arch]
+        if self.data.image_size % arch["patch_size"]:
+            raise ConfigError(f"data.image_size={self.data.image_size} must be a multiple of the patch size "
+                              f"{arch['patch_size']} of model.arch={self.model.arch}")
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and all(ch.isalnum() or ch in "-_." for ch in name) and not name.startswith(".")
+
+
+def tinyfusion() -> Config:
+    """The seed configuration: TinyDiT-D14/2 + DistilBERT, 16x64x64 clips, batch 1 (a GPU job)."""
+    return Config()
+
+
+def demo() -> Config:
+    """Small CPU preset: trains on the built-in synthetic signer in about 10 minutes on 2 cores."""
+    cfg = Config()
+    cfg.data = DataConfig(data_dir="training_data/synthetic", num_frames=16, image_size=32, val_fraction=0.05,
+                          synth_if_missing=True)
+    cfg.text = TextConfig(encoder="all-MiniLM-L6-v2", max_length=16)
+    cfg.model = ModelConfig(arch="DiT-Demo/4", frame_chunk_size=16)
+    cfg.diffusion = DiffusionConfig(guidance_scale=3.0)
+    cfg.train = TrainConfig(exp_name="demo", epochs=1000, max_steps=1500, batch_size=8, lr=1e-3,
+                            warmup_steps=100, ema_decay=0.995, log_every=10, sample_every=500,
+                            checkpoint_every=500, sample_prompts=("hello", "thank you", "yes no please"))
+    return cfg
+
+
+PRESETS: dict[str, typing.Callable[[], Config]] = {"tinyfusion": tinyfusion, "demo": demo}
+
+
+def get_field(cfg: Config, dotted: str):
+    section, name = _split(cfg, dotted)
+    return getattr(getattr(cfg, section), name)
+
+
+def _split(cfg: Config, dotted: str) -> tuple[str, str]:
+    """Resolve "section.field", or a bare "field" that exists in exactly one section."""
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    if "." in dotted:
+        section, name = dotted.split(".", 1)
+        if section in sections and name in {f.name for f in dataclasses.fields(sections[section])}:
+            return section, name
+    else:
+        owners = [s for s, obj in sections.items() if dotted in {f.name for f in dataclasses.fields(obj)}]
+        if len(owners) == 1:
+            return owners[0], dotted
+    raise ConfigError(f"unknown config field '{dotted}' (see `python main.py config` for the field names)")
+
+
+def _parse(value, typ, dotted: str):
+    """Convert a CLI string (or a stored primitive) to the field's declared type."""
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+        if typing.get_origin(typ) is tuple:
+            if isinstance(value, (list, tuple)):
+                return tuple(str(v) for v in value)
+            return tuple(part.strip() for part in str(value).split(",") if part.strip())
+    except ValueError:
+        pass
+    raise ConfigError(f"bad value {value!r} for {dotted} (expected {getattr(typ, '__name__', typ)})")
+
+
+def set_field(cfg: Config, dotted: str, value) -> None:
+    section, name = _split(cfg, dotted)
+    obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, name, _parse(value, hints[name], f"{section}.{name}"))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `field=value` strings from --set in order."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects field=value, got '{item}'")
+        key, value = item.split("=", 1)
+        set_field(cfg, key.strip(), value)
+    return cfg
+
+
+def build_config(preset: str, overrides: list[str] | None = None) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}' (choices: {', '.join(PRESETS)})")
+    cfg = apply_overrides(PRESETS[preset](), overrides or [])
+    cfg.validate()
+    return cfg
+
+
+def format_config(cfg: Config) -> str:
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        lines.extend(f"  {name} = {value!r}" for name, value in values.items())
+    return "\n".join(lines)

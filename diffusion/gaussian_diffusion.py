@@ -1,0 +1,203 @@
+"""Gaussian diffusion on a T-step subsampled schedule: forward noising, training loss, DDIM and DDPM sampling.
+
+Follows the structure of facebookresearch/DiT's `GaussianDiffusion`, trimmed to what Text2Sign uses: fixed (not
+learned) variances, an eps- or v-predicting network, and an MSE loss. Schedule tensors are kept as float64 masters
+(from `schedulers.make_schedule`) and copied to the device/dtype of the data on first use, so a single instance
+serves CPU and GPU alike. Time is passed around as step indices t in 0..T-1; only the network sees the 1000-scale
+`model_time(t)` that the pretrained backbone expects.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from schedulers import make_schedule
+
+PREDICTIONS = ("eps", "v")
+SAMPLERS = ("ddim", "ddpm")
+
+ModelFn = Callable[..., torch.Tensor]
+
+
+class GaussianDiffusion:
+    """Forward process, loss and samplers for one schedule and parametrisation."""
+
+    def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
+        self.schedule = make_schedule(schedule, timesteps)
+        self.schedule_name = schedule
+        self.num_timesteps = timesteps
+        self.prediction = prediction
+
+        betas = self.schedule.betas
+        alphas_cumprod = self.schedule.alphas_cumprod
+        alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        self._masters = {
+            # A trailing 1 so that index -1 (DDIM's "step before the first", i.e. the clean image) reads ᾱ = 1.
+            "alphas_cumprod": torch.cat([alphas_cumprod, alphas_cumprod.new_ones(1)]),
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1 - alphas_cumprod).sqrt(),
+            "sqrt_recip_alphas_cumprod": (1 / alphas_cumprod).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1 / alphas_cumprod - 1).sqrt(),
+            # q(x_{t-1} | x_t, x_0) = N(coef1 * x_0 + coef2 * x_t, posterior_variance); the variance is 0 at t = 0
+            # because ᾱ_{-1} = 1, which is what makes the last DDPM step noise-free.
+            "posterior_variance": betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod),
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),
+            "posterior_mean_coef2": (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod),
+            "model_timesteps": self.schedule.model_timesteps,
+        }
+        self._copies: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def __repr__(self) -> str:
+        return (f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.num_timesteps}, "
+                f"prediction={self.prediction!r})")
+
+    # ----------------------------------------------------------------------------------------------------------
+    # schedule lookup
+
+    def _table(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (name, torch.device(device), dtype)
+        if key not in self._copies:
+            self._copies[key] = self._masters[name].to(device=device, dtype=dtype)
+        return self._copies[key]
+
+    def _coef(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Schedule value per sample, shaped (B, 1, ..., 1) to broadcast against x.
+
+        float64 data (tests, analysis) gets float64 coefficients; everything else float32, which also keeps bf16
+        model outputs from dragging the sampler state down to bf16.
+        """
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        values = self._table(name, x.device, dtype)[t.to(x.device)]
+        return values.reshape(-1, *([1] * (x.ndim - 1)))
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The network's float timestep s_k (0..999 scale) for step indices t, on t's device."""
+        return self._table("model_timesteps", t.device, torch.float32)[t]
+
+    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+        """Uniform step indices in 0..T-1, drawn on CPU so a seeded generator gives the same draw on any device."""
+        return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # forward process and training
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) noise."""
+        return (self._coef("sqrt_alphas_cumprod", t, x0) * x0
+                + self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network regresses: eps itself, or v = sqrt(ᾱ_t) eps - sqrt(1 - ᾱ_t) x0."""
+        if self.prediction == "eps":
+            return noise
+        return (self._coef("sqrt_alphas_cumprod", t, x0) * noise
+                - self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * x0)
+
+    def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                        **model_kwargs) -> dict[str, torch.Tensor]:
+        """Plain (unweighted) MSE between the network output and `target`, averaged per sample then over the batch."""
+        x_t = self.q_sample(x0, t, noise)
+        pred = model_fn(x_t, self.model_time(t), **model_kwargs)
+        target = self.target(x0, t, noise)
+        # float32 loss even when the model ran in bf16: the mean over a whole video is a long sum.
+        loss_per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        return {"loss": loss_per_sample.mean(), "loss_per_sample": loss_per_sample, "pred": pred,
+                "target": target, "x_t": x_t}
+
+    # ----------------------------------------------------------------------------------------------------------
+    # reverse process
+
+    def predict_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor, model_out: torch.Tensor,
+                       clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) from the network output under either parametrisation.
+
+        With clip_x0 the estimate is clamped to the data range [-1, 1] and eps is recomputed from the clamped x0, so
+        the pair stays consistent with x_t (x_t = sqrt(ᾱ) x0_hat + sqrt(1 - ᾱ) eps_hat) and samplers stay on track.
+        """
+        if self.prediction == "eps":
+            eps = model_out
+            x0 = (self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                  - self._coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
+        else:
+            sqrt_ab = self._coef("sqrt_alphas_cumprod", t, x_t)
+            sqrt_1m_ab = self._coef("sqrt_one_minus_alphas_cumprod", t, x_t)
+            x0 = sqrt_ab * x_t - sqrt_1m_ab * model_out
+            eps = sqrt_1m_ab * x_t + sqrt_ab * model_out
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = ((self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0)
+                   / self._coef("sqrt_recipm1_alphas_cumprod", t, x_t))
+        return x0, eps
+
+    def ddim_step(self, x_t: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, model_out: torch.Tensor,
+                  eta: float, noise: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
+        """One DDIM update (Song et al., 2021, eq. 12) from step index t to t_prev < t; t_prev = -1 means x0.
+
+        sigma = eta * sqrt((1 - ᾱ_prev) / (1 - ᾱ_t)) * sqrt(1 - ᾱ_t / ᾱ_prev); eta = 0 is deterministic, eta = 1
+        matches the DDPM posterior variance. `noise` defaults to torch.randn_like (not seedable); pass it in for
+        reproducible stochastic sampling.
+        """
+        x0, eps = self.predict_x0_eps(x_t, t, model_out, clip_x0=clip_x0)
+        alpha_bar = self._coef("alphas_cumprod", t, x_t)
+        alpha_bar_prev = self._coef("alphas_cumprod", t_prev, x_t)
+        sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar)).sqrt() * (1 - alpha_bar / alpha_bar_prev).sqrt()
+        # eta > 1 would push the direction coefficient's square below 0; clamping keeps the update finite.
+        dir_coef = (1 - alpha_bar_prev - sigma ** 2).clamp(min=0).sqrt()
+        x_prev = alpha_bar_prev.sqrt() * x0 + dir_coef * eps
+        if eta > 0:
+            x_prev = x_prev + sigma * (torch.randn_like(x_t) if noise is None else noise)
+        return x_prev
+
+    def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, model_out: torch.Tensor,
+                  noise: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
+        """One ancestral step x_t -> x_{t-1} ~ N(posterior mean, posterior variance β̃_t).
+
+        β̃_0 = 0, so the final step (t = 0) returns the posterior mean, i.e. the x0 estimate, with no noise.
+        """
+        x0, _ = self.predict_x0_eps(x_t, t, model_out, clip_x0=clip_x0)
+        mean = self._coef("posterior_mean_coef1", t, x_t) * x0 + self._coef("posterior_mean_coef2", t, x_t) * x_t
+        std = self._coef("posterior_variance", t, x_t).sqrt()
+        return mean + std * (torch.randn_like(x_t) if noise is None else noise)
+
+    def sampling_timesteps(self, steps: int | None = None, sampler: str = "ddim") -> list[int]:
+        """Descending step indices a sampler visits; DDIM subsets always include T-1 and 0."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+        T = self.num_timesteps
+        if sampler == "ddpm":
+            # Ancestral sampling uses the one-step posterior, so it cannot skip steps.
+            if steps is not None and steps != T:
+                raise ValueError(f"ddpm sampling runs all {T} steps; got steps={steps} (use ddim to skip steps)")
+            return list(range(T - 1, -1, -1))
+        steps = T if steps is None else steps
+        if not 1 <= steps <= T:
+            raise ValueError(f"ddim steps must be in [1, {T}], got {steps}")
+        return torch.linspace(T - 1, 0, steps).round().long().unique_consecutive().tolist()
+
+    @torch.no_grad()
+    def sample(self, model_fn: ModelFn, shape: tuple[int, ...] | torch.Size, steps: int | None = None,
+               sampler: str = "ddim", eta: float = 0.0, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu", clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
+        """Draw x0 samples of `shape` (batch first) by running the reverse process from pure noise.
+
+        All noise is drawn on CPU from `generator` and then moved, so a seed gives the same samples on any device.
+        `model_fn(x_t, model_time)` returns the raw network output; classifier-free guidance belongs inside it.
+        """
+        timesteps = self.sampling_timesteps(steps, sampler)
+        x = torch.randn(shape, generator=generator).to(device)
+        needs_noise = sampler == "ddpm" or eta > 0
+        for i, step in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False)):
+            t = torch.full((shape[0],), step, dtype=torch.long, device=device)
+            model_out = model_fn(x, self.model_time(t))
+            noise = torch.randn(shape, generator=generator).to(device) if needs_noise else None
+            if sampler == "ddpm":
+                x = self.ddpm_step(x, t, model_out, noise=noise, clip_x0=clip_x0)
+            else:
+                t_prev = torch.full_like(t, timesteps[i + 1] if i + 1 < len(timesteps) else -1)
+                x = self.ddim_step(x, t, t_prev, model_out, eta, noise=noise, clip_x0=clip_x0)
+        return x

@@ -1,0 +1,71 @@
+"""Checkpoint files: dicts of state_dicts and primitives, written atomically, loadable with weights_only=True."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated / foreign files
+        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "ema" not in state:
+        raise UserError(f"{path} is not a Text2Sign checkpoint (format {FORMAT_VERSION})")
+    return state
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Every random stream a resumed run must continue: python, numpy, torch (CPU, CUDA) and the trainer's own."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "trainer": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["trainer"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    """random.setstate needs tuples; a round trip through torch.save may hand back lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

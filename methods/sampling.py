@@ -1,0 +1,63 @@
+"""Sampling clips from a trained model with classifier-free guidance, and writing them as GIFs."""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import torch
+
+from models.text_encoder import TextEmbeddings
+from utils.gif import write_gif
+
+
+@torch.no_grad()
+def generate(model, diffusion, text: TextEmbeddings, num_frames: int, image_size: int, steps: int,
+             sampler: str = "ddim", eta: float = 0.0, guidance_scale: float = 1.0, seed: int = 0,
+             device="cpu", progress: bool = False) -> np.ndarray:
+    """One clip per row of `text`: returns uint8 (B, T, H, W, 3)."""
+    model.eval()
+    text = text.to(device)
+    B = text.pooled.shape[0]
+    guided = guidance_scale != 1.0
+
+    def model_fn(x, t):
+        if not guided:
+            return model(x, t, text.tokens, text.mask, text.pooled)
+        drop = torch.arange(2 * B, device=device) >= B  # second half: null caption
+        out = model(torch.cat([x, x]), torch.cat([t, t]), text.tokens.repeat(2, 1, 1), text.mask.repeat(2, 1),
+                    text.pooled.repeat(2, 1), drop=drop)
+        cond, uncond = out.float().chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    generator = torch.Generator().manual_seed(seed)
+    shape = (B, model.in_channels, num_frames, image_size, image_size)
+    x0 = diffusion.sample(model_fn, shape, steps=steps if sampler == "ddim" else None, sampler=sampler, eta=eta,
+                          generator=generator, device=device, progress=progress)
+    return to_uint8(x0)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(B, C, T, H, W) in [-1, 1] -> (B, T, H, W, C) uint8."""
+    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def safe_filename(text: str, max_len: int = 60) -> str:
+    """A file-name stem from free text: lowercase letters, digits and '_' only (no path traversal)."""
+    stem = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len].strip("_")
+    return stem or "sample"
+
+
+def save_gifs(clips: np.ndarray, texts: list[str], out_dir: str, suffix: str = "",
+              duration_ms: int = 100) -> list[str]:
+    """Write one GIF per clip; names come from the caption, never overwriting an existing file."""
+    paths = []
+    for clip, text in zip(clips, texts):
+        base = os.path.join(out_dir, safe_filename(text) + suffix)
+        path, n = base + ".gif", 1
+        while os.path.exists(path) or path in paths:
+            path, n = f"{base}_{n}.gif", n + 1
+        write_gif(path, clip, duration_ms=duration_ms)
+        paths.append(path)
+    return paths

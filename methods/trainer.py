@@ -1,0 +1,214 @@
+"""The training loop: batch -> loss -> backward -> clip -> step -> EMA -> log -> checkpoint.
+
+Everything random in a step (data order, timesteps, noise, caption dropout) comes from the seed, the epoch and
+one saved torch.Generator, so `--resume` continues the exact sequence an uninterrupted run would have produced.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from config import Config
+from dataset import SignDataset
+from diffusion import GaussianDiffusion
+from methods.checkpoint import rng_state, save_checkpoint, set_rng_state
+from methods.sampling import generate, save_gifs
+from models import build_model
+from models.text_encoder import embed_captions
+from utils.device import autocast, autocast_dtype, select_device
+from utils.errors import UserError
+from utils.tb_logger import TBLogger, new_run_dir
+
+
+def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
+    """Linear warmup to 1, then constant or cosine decay to 0 at `total` optimizer steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_video_model(cfg: Config, text_dim: int):
+    return build_model(cfg.model.arch, cfg.data.image_size, text_dim,
+                       temporal_attention=cfg.model.temporal_attention, cross_attention=cfg.model.cross_attention,
+                       frame_chunk_size=cfg.model.frame_chunk_size, grad_checkpointing=cfg.model.grad_checkpointing)
+
+
+class Trainer:
+    """Owns the model, its EMA copy, optimizer, schedule, data order and random streams of one experiment."""
+
+    def __init__(self, cfg: Config, resume: dict | None = None, quiet: bool = False):
+        self.cfg, tc = cfg, cfg.train
+        self.quiet = quiet
+        self.device = select_device(tc.device)
+        self.amp_dtype = autocast_dtype(self.device, tc.precision)
+        self.data = SignDataset(cfg.data, "train", quiet=quiet)
+        # Prompts are embedded alongside the training captions, so sampling never loads the encoder again.
+        self.prompts = list(tc.sample_prompts)
+        captions = list(self.data.caption_vocab) + self.prompts
+        self.text = embed_captions(cfg.text.encoder, cfg.text.max_length, captions, cfg.data.cache_dir).to(self.device)
+        self.text_dim = self.text.pooled.shape[1]
+        torch.manual_seed(tc.seed)
+        self.model = build_video_model(cfg, self.text_dim).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.batches_per_epoch = math.ceil(len(self.data) / tc.batch_size)
+        limit = math.ceil(tc.epochs * self.batches_per_epoch / tc.grad_accum)
+        self.total_steps = min(limit, tc.max_steps) if tc.max_steps else limit
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, self.total_steps, tc.lr_schedule))
+        self.diffusion = GaussianDiffusion(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.prediction)
+        self.generator = torch.Generator().manual_seed(tc.seed)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.exp_dir = os.path.join(tc.checkpoint_dir, tc.exp_name)
+        self.sample_dir = os.path.join(tc.sample_dir, tc.exp_name)
+        self.run_dir = new_run_dir(os.path.join(tc.log_dir, tc.exp_name))
+        if resume is not None:
+            self.load_state(resume)
+        self.logger = None
+        self.loss_history: list[float] = []  # this process's losses, one per optimizer step
+        self.nonfinite_skips = 0
+
+    # ----- data order: a permutation per epoch from (seed, epoch); position saved in checkpoints -----
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.data), generator=g)
+
+    def next_batch(self):
+        bs = self.cfg.train.batch_size
+        order = self.epoch_order(self.epoch)
+        idx = order[self.batch_in_epoch * bs:(self.batch_in_epoch + 1) * bs]
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        videos, caption_ids = self.data.get_batch(idx)
+        return videos.to(self.device, non_blocking=True), self.text.select(caption_ids.to(self.device))
+
+    def micro_step(self, videos, text) -> dict:
+        """Loss of one micro-batch with its timesteps, noise and caption dropout drawn from the trainer's stream."""
+        B = videos.shape[0]
+        t = self.diffusion.sample_timesteps(B, generator=self.generator).to(self.device)
+        noise = torch.randn(videos.shape, generator=self.generator).to(self.device)
+        drop = (torch.rand(B, generator=self.generator) < self.cfg.model.caption_dropout).to(self.device)
+        with autocast(self.device, self.amp_dtype):
+            out = self.diffusion.training_losses(self.model, videos, t, noise, text_tokens=text.tokens,
+                                                 text_mask=text.mask, pooled=text.pooled, drop=drop)
+        return {**out, "t": t}
+
+    def train(self) -> list[float]:
+        tc = self.cfg.train
+        self.logger = TBLogger(self.run_dir)
+        self.logger.text(self.step, "config", "```\n" + repr(self.cfg.to_dict()) + "\n```")
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=tc.exp_name, dynamic_ncols=True,
+                   disable=self.quiet, file=sys.stderr)
+        self.model.train()
+        try:
+            while self.step < self.total_steps and self.epoch < tc.epochs:
+                t0 = time.perf_counter()
+                loss = 0.0
+                for _ in range(tc.grad_accum):
+                    out = self.micro_step(*self.next_batch())
+                    (out["loss"] / tc.grad_accum).backward()
+                    loss += out["loss"].item() / tc.grad_accum
+                if not math.isfinite(loss):
+                    self.skip_nonfinite()
+                    continue
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip or float("inf"))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.update_ema()
+                self.step += 1
+                self.loss_history.append(loss)
+                self.log_step(loss, float(grad_norm), time.perf_counter() - t0, bar)
+                self.maybe_sample_and_checkpoint()
+        finally:
+            bar.close()
+            self.logger.close()
+        return self.loss_history
+
+    def skip_nonfinite(self) -> None:
+        """Drop this step's gradients; a run of them means a real problem, so stop before wasting compute."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_skips += 1
+        tqdm.write(f"warning: non-finite loss at step {self.step}, step skipped ({self.nonfinite_skips} so far)",
+                   file=sys.stderr)
+        if self.nonfinite_skips >= 5:
+            raise UserError(f"5 non-finite losses (last at step {self.step}): lower train.lr or check the data; "
+                            f"the last good checkpoint is {self.exp_dir}/latest.pt")
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = self.cfg.train.ema_decay
+        ema_params = [p for p in self.ema.parameters()]
+        torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1.0 - decay)
+
+    def log_step(self, loss: float, grad_norm: float, seconds: float, bar) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", epoch=self.epoch, refresh=False)
+        if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
+            self.logger.scalars(self.step, {"01_Training/loss": loss, "01_Training/lr": lr,
+                                            "01_Training/grad_norm": grad_norm,
+                                            "01_Training/step_time_s": seconds})
+
+    def maybe_sample_and_checkpoint(self) -> None:
+        tc, last = self.cfg.train, self.step == self.total_steps
+        if last or (tc.sample_every and self.step % tc.sample_every == 0):
+            self.write_samples()
+        if last or self.step % tc.checkpoint_every == 0:
+            state = self.state_dict()
+            if not last:
+                save_checkpoint(os.path.join(self.exp_dir, f"step_{self.step:07d}.pt"), state)
+            else:
+                save_checkpoint(os.path.join(self.exp_dir, "final.pt"), state)
+            save_checkpoint(os.path.join(self.exp_dir, "latest.pt"), state)
+
+    def write_samples(self) -> list[str]:
+        """Sample the configured prompts with the EMA weights; the training RNG streams are not touched."""
+        if not self.prompts:
+            return []
+        dc, n = self.cfg.diffusion, len(self.data.caption_vocab)
+        ids = torch.arange(n, n + len(self.prompts), device=self.device)
+        clips = generate(self.ema, self.diffusion, self.text.select(ids), self.cfg.data.num_frames,
+                         self.cfg.data.image_size, dc.sample_steps, dc.sampler, dc.eta, dc.guidance_scale,
+                         seed=self.cfg.train.seed, device=self.device)
+        paths = save_gifs(clips, self.prompts, self.sample_dir, suffix=f"_step{self.step:07d}")
+        if not self.quiet:
+            tqdm.write(f"step {self.step}: samples -> {', '.join(paths)}", file=sys.stderr)
+        return paths
+
+    # ----- checkpoint state: primitives and state_dicts only -----
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "rng": rng_state(self.generator), "config": self.cfg.to_dict(), "text_dim": self.text_dim,
+            "run_dir": self.run_dir,
+        }
+
+    def load_state(self, state: dict) -> None:
+        if state["text_dim"] != self.text_dim:
+            raise UserError(f"checkpoint was trained with a {state['text_dim']}-dim text encoder, "
+                            f"text.encoder={self.cfg.text.encoder} gives {self.text_dim}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            raise UserError(f"checkpoint does not fit the configured model: {str(err).splitlines()[0]}") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        set_rng_state(state["rng"], self.generator)
+        self.run_dir = state["run_dir"]
+

@@ -1,0 +1,3 @@
+from models.video_dit import DiT_models, VideoDiT, build_model
+
+__all__ = ["DiT_models", "VideoDiT", "build_model"]

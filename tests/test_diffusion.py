@@ -1,0 +1,204 @@
+"""GaussianDiffusion: forward process, parametrisations, DDIM/DDPM steps against hand-written formulas, sampling."""
+import math
+
+import pytest
+import torch
+
+from diffusion import GaussianDiffusion
+
+SHAPE = (2, 3, 4, 8, 8)  # (B, C, F, H, W): a tiny video batch
+
+
+def make_x0(seed=0, shape=SHAPE, dtype=torch.float32):
+    """A clean sample strictly inside [-1, 1], so clipping never changes an exact x0 estimate."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=dtype) * 1.8 - 0.9)
+
+
+def randn(seed, shape=SHAPE, dtype=torch.float32):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def alpha_bar(diffusion, t):
+    """ᾱ at step indices t as a float64 (B, 1, 1, 1, 1) tensor, straight from the schedule."""
+    return diffusion.schedule.alphas_cumprod[t].reshape(-1, 1, 1, 1, 1)
+
+
+def oracle(diffusion, x0):
+    """A perfect model for a known x0: returns the true eps (or v) for whatever x_t it is given."""
+    table = diffusion.schedule.model_timesteps.float()
+
+    def model_fn(x_t, model_time):
+        ab = alpha_bar(diffusion, torch.searchsorted(table, model_time)).float()
+        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return eps if diffusion.prediction == "eps" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    return model_fn
+
+
+def test_bad_prediction_and_schedule():
+    with pytest.raises(ValueError) as err:
+        GaussianDiffusion(prediction="x0")
+    assert "'eps'" in str(err.value) and "'v'" in str(err.value)
+    with pytest.raises(ValueError, match="cosine"):
+        GaussianDiffusion(schedule="exponential")
+
+
+def test_model_time_and_timestep_sampling():
+    d = GaussianDiffusion("cosine", 50)
+    mt = d.model_time(torch.tensor([0, 1, 49]))
+    assert mt.dtype == torch.float32 and mt.tolist() == [19.0, 39.0, 999.0]
+    t1 = d.sample_timesteps(4096, generator=torch.Generator().manual_seed(3))
+    t2 = d.sample_timesteps(4096, generator=torch.Generator().manual_seed(3))
+    assert t1.dtype == torch.long and torch.equal(t1, t2)
+    assert t1.min() == 0 and t1.max() == 49
+
+
+def test_q_sample_by_hand():
+    d = GaussianDiffusion("linear", 1000)  # step 0 is the first base step: ᾱ_0 = 1 - 1e-4
+    x0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
+    noise = torch.tensor([[2.0, 1.0]], dtype=torch.float64)
+    x_t = d.q_sample(x0, torch.tensor([0]), noise)
+    expected = [math.sqrt(0.9999) * 1.0 + 0.01 * 2.0, math.sqrt(0.9999) * -0.5 + 0.01 * 1.0]
+    assert x_t[0].tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_v_target_identities():
+    d = GaussianDiffusion("cosine", 50, prediction="v")
+    x0, noise = make_x0(dtype=torch.float64), randn(1, dtype=torch.float64)
+    t = torch.tensor([3, 41])
+    ab = alpha_bar(d, t)
+    x_t, v = d.q_sample(x0, t, noise), d.target(x0, t, noise)
+    torch.testing.assert_close(v, ab.sqrt() * noise - (1 - ab).sqrt() * x0)
+    torch.testing.assert_close(ab.sqrt() * x_t - (1 - ab).sqrt() * v, x0)
+    torch.testing.assert_close((1 - ab).sqrt() * x_t + ab.sqrt() * v, noise)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_predict_x0_eps_inverts_q_sample(prediction):
+    d = GaussianDiffusion("cosine", 50, prediction=prediction)
+    x0, noise = make_x0(dtype=torch.float64), randn(1, dtype=torch.float64)
+    for t in (torch.tensor([0, 49]), torch.tensor([17, 30])):
+        x_t = d.q_sample(x0, t, noise)
+        x0_hat, eps_hat = d.predict_x0_eps(x_t, t, d.target(x0, t, noise))
+        torch.testing.assert_close(x0_hat, x0)
+        torch.testing.assert_close(eps_hat, noise)
+
+
+def test_clip_x0_keeps_pair_consistent():
+    d = GaussianDiffusion("cosine", 50)
+    x_t, t = randn(2, dtype=torch.float64) * 3, torch.tensor([5, 10])
+    x0_hat, eps_hat = d.predict_x0_eps(x_t, t, randn(3, dtype=torch.float64), clip_x0=True)
+    assert x0_hat.abs().max() <= 1
+    ab = alpha_bar(d, t)
+    torch.testing.assert_close(ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps_hat, x_t)
+
+
+def test_training_losses():
+    d = GaussianDiffusion("cosine", 50, prediction="v")
+    x0, noise, t = make_x0(), randn(1), torch.tensor([0, 49])
+    seen = {}
+
+    def model_fn(x_t, model_time, text=None):
+        seen["time"], seen["text"] = model_time, text
+        return 0.5 * x_t
+
+    out = d.training_losses(model_fn, x0, t, noise, text="hi")
+    assert seen["text"] == "hi" and seen["time"].tolist() == [19.0, 999.0]
+    torch.testing.assert_close(out["x_t"], d.q_sample(x0, t, noise))
+    torch.testing.assert_close(out["target"], d.target(x0, t, noise))
+    per_sample = ((0.5 * out["x_t"] - out["target"]) ** 2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(out["loss_per_sample"], per_sample)
+    torch.testing.assert_close(out["loss"], per_sample.mean())
+    assert out["loss"].ndim == 0 and out["pred"].shape == SHAPE
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_step_by_hand(eta):
+    d = GaussianDiffusion("linear", 50)
+    x_t, model_out, noise = randn(1, dtype=torch.float64), randn(2, dtype=torch.float64), randn(3, dtype=torch.float64)
+    t, t_prev = torch.tensor([30, 30]), torch.tensor([20, 20])
+    a_t, a_prev = d.schedule.alphas_cumprod[30].item(), d.schedule.alphas_cumprod[20].item()
+    x0 = (x_t - math.sqrt(1 - a_t) * model_out) / math.sqrt(a_t)
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
+    expected = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma ** 2) * model_out + sigma * noise
+    got = d.ddim_step(x_t, t, t_prev, model_out, eta, noise=noise, clip_x0=False)
+    torch.testing.assert_close(got, expected)
+
+
+def test_ddim_step_to_clean_image_returns_x0_hat():
+    d = GaussianDiffusion("cosine", 50)
+    x_t, model_out, t = randn(1), randn(2), torch.tensor([4, 4])
+    got = d.ddim_step(x_t, t, torch.tensor([-1, -1]), model_out, eta=1.0, noise=randn(3))
+    torch.testing.assert_close(got, d.predict_x0_eps(x_t, t, model_out, clip_x0=True)[0])
+
+
+def test_ddpm_step_posterior():
+    d = GaussianDiffusion("cosine", 50)
+    x0, noise, step_noise = make_x0(dtype=torch.float64), randn(1, dtype=torch.float64), randn(2, dtype=torch.float64)
+    k = 25
+    t = torch.tensor([k, k])
+    x_t = d.q_sample(x0, t, noise)
+    a_t, a_prev = d.schedule.alphas_cumprod[k].item(), d.schedule.alphas_cumprod[k - 1].item()
+    beta = d.schedule.betas[k].item()
+    mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)) * x_t
+    var = beta * (1 - a_prev) / (1 - a_t)
+    torch.testing.assert_close(d.ddpm_step(x_t, t, noise, noise=torch.zeros_like(x_t)), mean)
+    torch.testing.assert_close(d.ddpm_step(x_t, t, noise, noise=step_noise), mean + math.sqrt(var) * step_noise)
+    # t = 0: no noise, and the mean is the x0 estimate itself.
+    t0 = torch.tensor([0, 0])
+    x_1 = d.q_sample(x0, t0, noise)
+    torch.testing.assert_close(d.ddpm_step(x_1, t0, noise, noise=step_noise), x0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("sampler, steps", [("ddim", 10), ("ddpm", None)])
+def test_oracle_sampling_recovers_x0(prediction, sampler, steps):
+    d = GaussianDiffusion("cosine", 50, prediction=prediction)
+    x0 = make_x0()
+    out = d.sample(oracle(d, x0), SHAPE, steps=steps, sampler=sampler,
+                   generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
+
+
+def test_sampling_timesteps():
+    d = GaussianDiffusion("cosine", 50)
+    ts = d.sampling_timesteps(10)
+    assert len(ts) == 10 and ts[0] == 49 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    assert d.sampling_timesteps(1) == [49]
+    assert d.sampling_timesteps(None, "ddpm") == list(range(49, -1, -1))
+
+
+def test_sample_is_deterministic_per_seed():
+    d = GaussianDiffusion("cosine", 50)
+    model_fn = lambda x_t, model_time: 0.1 * x_t  # noqa: E731
+    for kwargs in ({"steps": 5}, {"steps": 5, "eta": 1.0}, {"sampler": "ddpm"}):
+        a, b, c = (d.sample(model_fn, (2, 3, 4), generator=torch.Generator().manual_seed(s), **kwargs)
+                   for s in (7, 7, 8))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sample_rejects_bad_steps():
+    d = GaussianDiffusion("cosine", 50)
+    model_fn = lambda x_t, model_time: x_t  # noqa: E731
+    with pytest.raises(ValueError, match="steps"):
+        d.sample(model_fn, (1, 2), steps=51)
+    with pytest.raises(ValueError, match="ddpm"):
+        d.sample(model_fn, (1, 2), steps=10, sampler="ddpm")
+    with pytest.raises(ValueError, match="ddim"):
+        d.sample(model_fn, (1, 2), sampler="euler")
+
+
+def test_bf16_model_output_keeps_float32_state():
+    d = GaussianDiffusion("cosine", 50)
+    out = d.sample(lambda x_t, model_time: (0.1 * x_t).bfloat16(), (2, 3), steps=3, eta=1.0,
+                   generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sample_same_on_cpu_and_cuda():
+    d = GaussianDiffusion("cosine", 50)
+    model_fn = lambda x_t, model_time: 0.1 * x_t + 1e-4 * model_time.reshape(-1, 1)  # noqa: E731
+    cpu, gpu = (d.sample(model_fn, (2, 3), steps=5, eta=1.0, generator=torch.Generator().manual_seed(0), device=dev)
+                for dev in ("cpu", "cuda"))
+    torch.testing.assert_close(gpu.cpu(), cpu)

@@ -1,0 +1,41 @@
+"""Device and precision, decided in one place."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from utils.errors import UserError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """auto picks CUDA, then MPS, then CPU; an explicit device that is absent is a user error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device={name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"train.device={name!r} but no such CUDA device is available here")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"train.device={name!r} but MPS is not available here")
+    return device
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 elsewhere unless asked (bf16 slows small matmuls on CPU)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
