@@ -53,6 +53,10 @@ def cmd_train(args) -> int:
               f"(raise train.max_steps or train.epochs with --set)", file=sys.stderr)
         return 0
     trainer.train()
+    if trainer.interrupted:
+        print(f"stopped at step {trainer.step}: {trainer.exp_dir}/latest.pt saved; continue with "
+              f"`python main.py train --resume`", file=sys.stderr)
+        return 130
     print(f"checkpoints: {trainer.exp_dir}\nsamples: {trainer.sample_dir}\nlogs: {trainer.run_dir}")
     return 0
 

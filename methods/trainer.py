@@ -8,7 +8,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -34,6 +36,28 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class StopRequest:
+    """First Ctrl-C asks the loop to stop at the next step boundary (after saving); a second one aborts."""
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def build_video_model(cfg: Config, text_dim: int):
@@ -77,6 +101,7 @@ class Trainer:
         self.logger = None
         self.loss_history: list[float] = []  # this process's losses, one per optimizer step
         self.nonfinite_skips = 0
+        self.interrupted = False
 
     # ----- data order: a permutation per epoch from (seed, epoch); position saved in checkpoints -----
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -104,7 +129,8 @@ class Trainer:
                                                  text_mask=text.mask, pooled=text.pooled, drop=drop)
         return {**out, "t": t}
 
-    def train(self) -> list[float]:
+    def train(self, stop_at: int | None = None) -> list[float]:
+        """Run to total_steps; Ctrl-C (or reaching stop_at) saves latest.pt at the next step boundary."""
         tc = self.cfg.train
         self.logger = TBLogger(self.run_dir)
         self.logger.text(self.step, "config", "```\n" + repr(self.cfg.to_dict()) + "\n```")
@@ -112,25 +138,30 @@ class Trainer:
                    disable=self.quiet, file=sys.stderr)
         self.model.train()
         try:
-            while self.step < self.total_steps and self.epoch < tc.epochs:
-                t0 = time.perf_counter()
-                loss = 0.0
-                for _ in range(tc.grad_accum):
-                    out = self.micro_step(*self.next_batch())
-                    (out["loss"] / tc.grad_accum).backward()
-                    loss += out["loss"].item() / tc.grad_accum
-                if not math.isfinite(loss):
-                    self.skip_nonfinite()
-                    continue
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip or float("inf"))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                self.update_ema()
-                self.step += 1
-                self.loss_history.append(loss)
-                self.log_step(loss, float(grad_norm), time.perf_counter() - t0, bar)
-                self.maybe_sample_and_checkpoint()
+            with StopRequest() as stop:
+                while self.step < self.total_steps and self.epoch < tc.epochs:
+                    t0 = time.perf_counter()
+                    loss = 0.0
+                    for _ in range(tc.grad_accum):
+                        out = self.micro_step(*self.next_batch())
+                        (out["loss"] / tc.grad_accum).backward()
+                        loss += out["loss"].item() / tc.grad_accum
+                    if not math.isfinite(loss):
+                        self.skip_nonfinite()
+                        continue
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip or float("inf"))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.update_ema()
+                    self.step += 1
+                    self.loss_history.append(loss)
+                    self.log_step(loss, float(grad_norm), time.perf_counter() - t0, bar)
+                    self.maybe_sample_and_checkpoint()
+                    if stop.requested or self.step == stop_at:
+                        self.save("latest.pt")
+                        self.interrupted = True
+                        break
         finally:
             bar.close()
             self.logger.close()
@@ -165,13 +196,15 @@ class Trainer:
         tc, last = self.cfg.train, self.step == self.total_steps
         if last or (tc.sample_every and self.step % tc.sample_every == 0):
             self.write_samples()
-        if last or self.step % tc.checkpoint_every == 0:
-            state = self.state_dict()
-            if not last:
-                save_checkpoint(os.path.join(self.exp_dir, f"step_{self.step:07d}.pt"), state)
-            else:
-                save_checkpoint(os.path.join(self.exp_dir, "final.pt"), state)
-            save_checkpoint(os.path.join(self.exp_dir, "latest.pt"), state)
+        if last:
+            self.save("final.pt", "latest.pt")
+        elif self.step % tc.checkpoint_every == 0:
+            self.save(f"step_{self.step:07d}.pt", "latest.pt")
+
+    def save(self, *names: str) -> None:
+        state = self.state_dict()
+        for name in names:
+            save_checkpoint(os.path.join(self.exp_dir, name), state)
 
     def write_samples(self) -> list[str]:
         """Sample the configured prompts with the EMA weights; the training RNG streams are not touched."""

@@ -1,0 +1,78 @@
+"""End-to-end: the real CLI in a temp dir (synth-data -> train -> resume -> sample) and its exit codes."""
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pytest
+
+from conftest import tiny_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, cwd=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def sets(overrides):
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def test_synth_train_resume_sample(tmp_path, tiny_encoder):
+    data = tmp_path / "data"
+    r = run("synth-data", "--out", str(data), "--num", "10", "--seed", "1", "--size", "32", "--frames", "8")
+    assert r.returncode == 0, r.stderr
+    assert len(list(data.glob("*.gif"))) == 10 and len(list(data.glob("synth_*.txt"))) == 10
+
+    overrides = tiny_overrides(tmp_path, str(data), tiny_encoder, **{"train.max_steps": 4,
+                                                                     "train.checkpoint_every": 2})
+    r = run("train", *sets(overrides), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    exp = tmp_path / "checkpoints" / "tiny"
+    assert sorted(os.listdir(exp)) == ["final.pt", "latest.pt", "step_0000002.pt"]
+    samples = sorted(os.listdir(tmp_path / "samples" / "tiny"))
+    assert samples == ["hello_step0000004.gif", "thank_you_step0000004.gif"]
+
+    # Resume past the end with a raised step budget continues from step 4, in the same log run folder.
+    r = run("train", "--resume", *sets(overrides + ["train.max_steps=6"]), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr and "step 4" in r.stderr
+    assert len(os.listdir(tmp_path / "logs" / "tiny")) == 1
+
+    out = tmp_path / "out"
+    r = run("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "../../etc/hello?*", "--num_samples", "2",
+            "--steps", "3", "--output_dir", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    paths = r.stdout.split()
+    assert [os.path.basename(p) for p in paths] == ["etc_hello_seed0.gif", "etc_hello_seed0_1.gif"]
+    frames = iio.imread(paths[0], index=None)
+    assert frames.shape[1:] == (16, 16, 3) and 1 <= frames.shape[0] <= 4
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["config", "--set", "train.nope=1"], "train.nope"),
+    (["config", "--set", "train.lr=abc"], "train.lr"),
+    (["train", "--set", "data.data_dir=/nonexistent/folder", "--set", "data.synth_if_missing=false"], "synth-data"),
+    (["sample", "--checkpoint", "/nonexistent.pt", "--text", "hi"], "checkpoint not found"),
+])
+def test_user_errors_are_one_line_exit_2(tmp_path, args, needle):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_config_prints_resolved_values(tmp_path):
+    r = run("config", "--preset", "tinyfusion", "--set", "train.lr=0.5", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "lr = 0.5" in r.stdout and "arch = 'TinyDiT-D14/2'" in r.stdout
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path):
+    bad = tmp_path / "latest.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = run("sample", "--checkpoint", str(bad), "--text", "hi", cwd=tmp_path)
+    assert r.returncode == 2 and "cannot read checkpoint" in r.stderr
