@@ -30,7 +30,7 @@ def ensure_data(cfg: Config) -> None:
 
         print(f"no GIFs in {dc.data_dir}: writing the built-in synthetic sign set ({dc.synth_num} clips, "
               f"seed {dc.synth_seed})", file=sys.stderr)
-        write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed)
+        write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, command="python main.py train (demo preset)")
 
 
 def cmd_train(args) -> int:
@@ -110,7 +110,7 @@ def cmd_synth_data(args) -> int:
     if args.num < 1:
         raise UserError("--num must be >= 1")
     info = write_dataset(args.out, args.num, seed=args.seed, size=args.size, num_frames=args.frames,
-                         holdout=args.holdout)
+                         holdout=args.holdout, command="python main.py " + " ".join(sys.argv[1:]))
     print(f"wrote {info['clips']} clips to {args.out}" + (f" (+{info['heldout']} held-out in "
                                                            f"{os.path.join(args.out, 'heldout')})"
                                                            if info.get("heldout") else ""))

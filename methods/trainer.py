@@ -115,8 +115,8 @@ class Trainer:
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        videos, caption_ids = self.data.get_batch(idx)
-        return videos.to(self.device, non_blocking=True), self.text.select(caption_ids.to(self.device))
+        videos, caption_ids = self.data.get_batch(idx, device=self.device)
+        return videos, self.text.select(caption_ids)
 
     def micro_step(self, videos, text) -> dict:
         """Loss of one micro-batch with its timesteps, noise and caption dropout drawn from the trainer's stream."""

@@ -1,0 +1,317 @@
+"""Tests for dataset.py and utils.gif.read_gif on small GIFs written into tmp_path."""
+import os
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dataset
+from config import DataConfig
+from dataset import DataError, SignDataset, find_pairs, load_clip, sample_frame_indices, to_unit_range
+from utils.errors import UserError
+from utils.gif import GifReadError, read_gif, write_gif
+
+
+def save_pil_gif(path, images, duration=100):
+    """Write PIL images as a GIF (Pillow merges identical consecutive frames, so keep frames distinct)."""
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0)
+
+
+def solid(h, w, color, mode="RGB"):
+    return Image.new(mode, (w, h), color)
+
+
+def grey_ramp_gif(path, n, size=16, duration=100):
+    """Frame i is a solid grey of level 3*i, so the decoded value tells which frame was sampled."""
+    save_pil_gif(path, [solid(size, size, (3 * i,) * 3) for i in range(n)], duration)
+
+
+def frame_ids(clip):
+    return [int(round(f.mean() / 3)) for f in clip]
+
+
+def make_set(folder, n, size=16, frames=4, captions=None):
+    """n distinct clips clip000.gif .. with captions (default: 'sign k % 3' so some captions repeat)."""
+    os.makedirs(folder, exist_ok=True)
+    for k in range(n):
+        images = [solid(size, size, ((37 * k + 50 * t) % 256, (11 * k) % 256, 40 * t)) for t in range(frames)]
+        save_pil_gif(os.path.join(folder, f"clip{k:03d}.gif"), images)
+        caption = captions[k] if captions else f"sign {k % 3}"
+        with open(os.path.join(folder, f"clip{k:03d}.txt"), "w", encoding="utf-8") as f:
+            f.write(caption + "\n")
+
+
+def cfg_for(tmp_path, **kw):
+    kw.setdefault("data_dir", str(tmp_path / "data"))
+    kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    kw.setdefault("num_frames", 8)
+    kw.setdefault("image_size", 16)
+    return DataConfig(**kw)
+
+
+# ---------------------------------------------------------------------------------------------- read_gif
+
+def test_read_gif_rgb(tmp_path):
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    write_gif(str(tmp_path / "a.gif"), np.stack([np.full((10, 12, 3), c, np.uint8) for c in colors]), 200)
+    frames, durations = read_gif(str(tmp_path / "a.gif"))
+    assert frames.shape == (3, 10, 12, 3) and frames.dtype == np.uint8
+    assert [tuple(f[0, 0]) for f in frames] == colors
+    assert durations == [200.0] * 3
+
+
+def test_read_gif_palette(tmp_path):
+    images = []
+    for i in range(3):
+        im = Image.new("P", (8, 8), i)
+        im.putpalette([255, 0, 0, 0, 128, 0, 10, 20, 30] + [0] * 759)
+        images.append(im)
+    save_pil_gif(tmp_path / "p.gif", images)
+    frames, _ = read_gif(str(tmp_path / "p.gif"))
+    assert frames.shape == (3, 8, 8, 3)
+    assert [tuple(f[4, 4]) for f in frames] == [(255, 0, 0), (0, 128, 0), (10, 20, 30)]
+
+
+def test_read_gif_grayscale(tmp_path):
+    save_pil_gif(tmp_path / "g.gif", [solid(9, 7, v, mode="L") for v in (0, 100, 255)])
+    frames, _ = read_gif(str(tmp_path / "g.gif"))
+    assert frames.shape == (3, 9, 7, 3)
+    assert [tuple(f[0, 0]) for f in frames] == [(0, 0, 0), (100, 100, 100), (255, 255, 255)]
+
+
+def test_read_gif_rgba_mixed_channels(tmp_path):
+    images = []
+    for i in range(4):
+        x = np.zeros((20, 20, 4), np.uint8)
+        x[..., 0], x[..., 3] = 200, 255
+        x[:5, :5, 3] = 0  # transparent corner
+        x[i * 5:(i + 1) * 5, 10:, 1] = 255  # moving green bar keeps frames distinct
+        images.append(Image.fromarray(x, "RGBA"))
+    save_pil_gif(tmp_path / "t.gif", images)
+    # precondition: the plugin really hands out frames with different channel counts for this file
+    assert len({f.shape[-1] for f in iio.imiter(tmp_path / "t.gif")}) > 1
+    frames, _ = read_gif(str(tmp_path / "t.gif"))
+    assert frames.shape == (4, 20, 20, 3)
+    assert tuple(frames[0, 0, 0]) == (0, 0, 0)  # transparent -> composited on black
+    assert tuple(frames[0, 10, 5]) == (200, 0, 0)
+    clip = load_clip(str(tmp_path / "t.gif"), 4, 8, "pad")
+    assert clip.shape == (4, 8, 8, 3) and clip.dtype == np.uint8
+
+
+def test_read_gif_corrupt(tmp_path):
+    (tmp_path / "bad.gif").write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(GifReadError):
+        read_gif(str(tmp_path / "bad.gif"))
+    assert issubclass(GifReadError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
+
+def test_non_square_pad_keeps_edges_and_crop_shape(tmp_path):
+    images = []
+    for t in range(3):
+        x = np.full((180, 320, 3), 128, np.uint8)
+        x[80:100, 2:14] = (255, 0, 0)  # red marker at the left edge
+        x[80:100, 306:318] = (0, 0, 255)  # blue marker at the right edge
+        x[10 + 20 * t:30 + 20 * t, 150:170] = (0, 255, 0)  # moving block keeps frames distinct
+        images.append(Image.fromarray(x))
+    save_pil_gif(tmp_path / "wide.gif", images)
+    pad = load_clip(str(tmp_path / "wide.gif"), 4, 64, "pad")
+    assert pad.shape == (4, 64, 64, 3)
+    left, right = pad[:, :, :3].astype(int), pad[:, :, -3:].astype(int)
+    assert ((left[..., 0] > 150) & (left[..., 2] < 100)).any(), "left marker lost in pad mode"
+    assert ((right[..., 2] > 150) & (right[..., 0] < 100)).any(), "right marker lost in pad mode"
+    # 320x180 -> 64x36: 14-row bars top and bottom in the clip's border colour (the grey background)
+    assert (pad[:, :14] == 128).all() and (pad[:, -14:] == 128).all()
+    crop = load_clip(str(tmp_path / "wide.gif"), 4, 64, "crop")
+    assert crop.shape == (4, 64, 64, 3)
+    assert not (crop[..., 0] > 200).any()  # the crop fills the frame, the edge markers are cut off
+
+
+def test_short_clip_repeats_last_frame(tmp_path):
+    grey_ramp_gif(tmp_path / "s.gif", 3)
+    clip = load_clip(str(tmp_path / "s.gif"), 16, 16, "pad")
+    assert clip.shape == (16, 16, 16, 3)
+    assert frame_ids(clip) == [0, 1, 2] + [2] * 13
+
+
+def test_long_clip_spans_whole_clip(tmp_path):
+    grey_ramp_gif(tmp_path / "l.gif", 80)
+    ids = frame_ids(load_clip(str(tmp_path / "l.gif"), 16, 16, "pad"))
+    assert ids[0] == 0 and ids[-1] == 79
+    assert ids == np.round(np.linspace(0, 79, 16)).astype(int).tolist()
+
+
+def test_sample_frame_indices_exact():
+    assert sample_frame_indices([100] * 80, 16) == np.round(np.linspace(0, 79, 16)).astype(int).tolist()
+    assert sample_frame_indices([100] * 3, 5) == [0, 1, 2, 2, 2]
+    assert sample_frame_indices([100] * 4, 4) == [0, 1, 2, 3]
+    # frame 4 is shown 1000 of 1900 ms: sample instants linspace(50, 1850, 8) land on it 4 times of 8
+    durations = [100, 100, 100, 100, 1000, 100, 100, 100, 100, 100]
+    assert sample_frame_indices(durations, 8) == [0, 3, 4, 4, 4, 4, 6, 9]
+    with pytest.raises(ValueError):
+        sample_frame_indices([], 4)
+
+
+def test_duration_aware_sampling_from_gif(tmp_path):
+    durations = [100, 100, 100, 100, 1000, 100, 100, 100, 100, 100]
+    grey_ramp_gif(tmp_path / "d.gif", 10, duration=durations)
+    assert read_gif(str(tmp_path / "d.gif"))[1] == [float(d) for d in durations]
+    assert frame_ids(load_clip(str(tmp_path / "d.gif"), 8, 16, "pad")) == [0, 3, 4, 4, 4, 4, 6, 9]
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+def test_corrupt_and_uncaptioned_are_skipped_with_one_warning(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_set(data, 4)
+    (data / "broken.gif").write_bytes(np.random.default_rng(1).bytes(200))
+    (data / "broken.txt").write_text("broken")
+    grey_ramp_gif(data / "orphan.gif", 3)
+    grey_ramp_gif(data / "blank.gif", 3)
+    (data / "blank.txt").write_text("  \n")
+    ds = SignDataset(cfg_for(tmp_path), split="all")
+    err = capsys.readouterr().err
+    assert len(ds) == 4
+    assert err.count("\n") == 1 and err.startswith("warning: skipped 3 file(s)")
+    assert "orphan.gif (no caption)" in err and "broken.gif (unreadable" in err and "blank.gif" in err
+    assert sorted(name for name, _ in ds.skipped) == ["blank.gif", "broken.gif", "orphan.gif"]
+
+
+def test_find_pairs_reads_captions(tmp_path):
+    data = tmp_path / "data"
+    make_set(data, 2, captions=["hello  world\n", "thank you"])
+    grey_ramp_gif(data / "UPPER.GIF", 2)
+    (data / "UPPER.txt").write_text("\ufeffyes\n", encoding="utf-8")
+    pairs, skipped = find_pairs(str(data))
+    assert [(os.path.basename(p), c) for p, c in pairs] == [
+        ("UPPER.GIF", "yes"), ("clip000.gif", "hello world"), ("clip001.gif", "thank you")]
+    assert skipped == []
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "only_txt"])
+def test_no_data_raises_data_error(tmp_path, make):
+    data = tmp_path / "data"
+    if make != "missing":
+        data.mkdir()
+    if make == "only_txt":
+        (data / "a.txt").write_text("hello")
+    with pytest.raises(DataError) as info:
+        SignDataset(cfg_for(tmp_path), quiet=True)
+    msg = str(info.value)
+    assert isinstance(info.value, UserError) and "\n" not in msg
+    assert "synth-data" in msg and str(data) in msg
+
+
+def test_everything_skipped_raises(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    grey_ramp_gif(data / "a.gif", 3)
+    (data / "b.gif").write_bytes(b"not a gif")
+    (data / "b.txt").write_text("b")
+    with pytest.raises(DataError, match="synth-data"):
+        SignDataset(cfg_for(tmp_path), quiet=True)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+def _boom(*args, **kwargs):
+    raise AssertionError("decoded a GIF although the cache should have it")
+
+
+def test_cache_second_load_decodes_nothing(tmp_path, monkeypatch):
+    make_set(tmp_path / "data", 5)
+    cfg = cfg_for(tmp_path)
+    first = SignDataset(cfg, split="all", quiet=True)
+    entries = os.listdir(tmp_path / "cache" / "clips")
+    assert len(entries) == 5 and all(e.endswith(".npy") for e in entries)
+    with monkeypatch.context() as m:
+        m.setattr(dataset, "read_gif", _boom)
+        m.setattr(dataset, "load_clip", _boom)
+        second = SignDataset(cfg, split="all", quiet=True)
+    assert torch.equal(first.clips, second.clips) and first.captions == second.captions
+
+    # new settings -> new entries; old ones stay valid
+    bigger = SignDataset(cfg_for(tmp_path, image_size=24), split="all", quiet=True)
+    assert bigger.clips.shape == (5, 8, 24, 24, 3)
+    assert len(os.listdir(tmp_path / "cache" / "clips")) == 10
+
+    # a corrupt entry is ignored and rebuilt (exactly one decode)
+    victim = tmp_path / "cache" / "clips" / entries[0]
+    victim.write_bytes(b"garbage")
+    calls = []
+    real = dataset.load_clip
+    monkeypatch.setattr(dataset, "load_clip", lambda *a: calls.append(a) or real(*a))
+    third = SignDataset(cfg, split="all", quiet=True)
+    assert len(calls) == 1 and torch.equal(first.clips, third.clips)
+    assert np.load(victim).shape == (8, 16, 16, 3)
+
+
+# ---------------------------------------------------------------------------------------------- tensors
+
+def test_value_mapping_exact():
+    x = torch.tensor([0, 1, 127, 128, 254, 255], dtype=torch.uint8).view(1, 1, 6, 1).expand(1, 1, 6, 3)
+    y = to_unit_range(x)  # (3, 1, 1, 6)
+    assert y.shape == (3, 1, 1, 6) and y.dtype == torch.float32
+    assert y[0, 0, 0, 0].item() == -1.0 and y[0, 0, 0, -1].item() == 1.0
+    assert torch.allclose(y[:, 0, 0], torch.tensor([0, 1, 127, 128, 254, 255]).float() / 127.5 - 1)
+
+
+def test_getitem_and_get_batch(tmp_path):
+    data = tmp_path / "data"
+    make_set(data, 6)
+    save_pil_gif(data / "bw.gif", [solid(16, 16, (0, 0, 0)), solid(16, 16, (255, 255, 255))])
+    (data / "bw.txt").write_text("sign 0")
+    ds = SignDataset(cfg_for(tmp_path), split="all", quiet=True)
+    assert ds.clips.dtype == torch.uint8 and ds.clips.shape == (7, 8, 16, 16, 3)
+    assert ds.caption_vocab == ["sign 0", "sign 1", "sign 2"]
+    assert ds.caption_ids.dtype == torch.long
+    assert [ds.caption_vocab[i] for i in ds.caption_ids] == ds.captions
+    at = {os.path.basename(p): i for i, p in enumerate(ds.paths)}
+    # clip000, clip003 and bw share the caption "sign 0" -> equal ids
+    assert ds.caption_ids[at["clip000.gif"]] == ds.caption_ids[at["clip003.gif"]] == ds.caption_ids[at["bw.gif"]]
+    assert ds.caption_ids[at["clip000.gif"]] != ds.caption_ids[at["clip001.gif"]]
+
+    item = ds[at["bw.gif"]]
+    assert item["video"].shape == (3, 8, 16, 16) and item["video"].dtype == torch.float32
+    assert item["video"].min().item() == -1.0 and item["video"].max().item() == 1.0
+    assert item["caption"] == "sign 0" and isinstance(item["caption_id"], int)
+
+    idx = torch.tensor([5, 0, 5, 2])
+    videos, ids = ds.get_batch(idx)
+    assert videos.shape == (4, 3, 8, 16, 16) and videos.dtype == torch.float32 and ids.shape == (4,)
+    assert videos.is_contiguous()
+    for b, i in enumerate(idx.tolist()):
+        assert torch.equal(videos[b], ds[i]["video"]) and ids[b].item() == ds[i]["caption_id"]
+    videos_cpu, _ = ds.get_batch(idx, device="cpu")
+    assert torch.equal(videos_cpu, videos)
+
+
+# ---------------------------------------------------------------------------------------------- split
+
+def test_split_deterministic_and_stable(tmp_path):
+    make_set(tmp_path / "data", 40, size=8, frames=2)
+    cfg = cfg_for(tmp_path, val_fraction=0.3, image_size=8, num_frames=2)
+    train, val = SignDataset(cfg, "train", quiet=True), SignDataset(cfg, "val", quiet=True)
+    assert 0 < len(val) < 40 and len(train) + len(val) == 40 and not set(train.paths) & set(val.paths)
+    assert SignDataset(cfg, "val", quiet=True).paths == val.paths
+    # adding files never moves existing ones
+    make_set(tmp_path / "more", 1, size=8, frames=2)
+    os.replace(tmp_path / "more" / "clip000.gif", tmp_path / "data" / "extra.gif")
+    os.replace(tmp_path / "more" / "clip000.txt", tmp_path / "data" / "extra.txt")
+    assert set(val.paths) <= set(SignDataset(cfg, "val", quiet=True).paths)
+
+    cfg.val_fraction = 0.0
+    assert len(SignDataset(cfg, "val", quiet=True)) == 0 and len(SignDataset(cfg, "train", quiet=True)) == 41
+
+
+def test_train_never_empty(tmp_path):
+    make_set(tmp_path / "data", 3, size=8, frames=2)
+    cfg = cfg_for(tmp_path, val_fraction=0.999999, image_size=8, num_frames=2)
+    train, val = SignDataset(cfg, "train", quiet=True), SignDataset(cfg, "val", quiet=True)
+    assert len(train) == 1 and len(val) == 2
+    with pytest.raises(ValueError):
+        SignDataset(cfg, "test", quiet=True)

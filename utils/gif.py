@@ -1,0 +1,66 @@
+"""Animated GIF reading and writing with imageio (v3 API, Pillow plugin)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import imageio.v3 as iio
+import numpy as np
+
+# Browsers play GIF frames with no delay or a delay of <= 10 ms at 100 ms; we read durations the same way.
+DEFAULT_DURATION_MS = 100.0
+
+
+class GifReadError(ValueError):
+    """The file could not be decoded as an animated image (corrupt, truncated, empty or not an image)."""
+
+
+def read_gif(path: str) -> tuple[np.ndarray, list[float]]:
+    """Decode every frame of a GIF to RGB uint8.
+
+    Returns frames (T, H, W, 3) and per-frame display durations in ms. Every frame is decoded as RGBA
+    (Pillow composes palette, grayscale and partial frames onto the full canvas) and then alpha-composited
+    on black, so files whose frames mix P / L / RGB / RGBA all come out the same shape and transparent
+    pixels get one deterministic colour instead of whatever the palette stored behind them.
+    Raises GifReadError for anything unreadable.
+    """
+    frames, durations = [], []
+    try:
+        with iio.imopen(path, "r", plugin="pillow") as f:
+            for i, rgba in enumerate(f.iter(mode="RGBA")):
+                frames.append(rgba)
+                # metadata(index=i) is the frame just decoded, so this does not seek or re-decode
+                durations.append(f.metadata(index=i).get("duration"))
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, EOFError, ValueError, ...)
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise GifReadError(f"{type(e).__name__}: {msg}"[:120]) from e
+    if not frames:
+        raise GifReadError("no frames")
+    shapes = {fr.shape for fr in frames}
+    if len(shapes) != 1:
+        raise GifReadError(f"frames differ in size: {sorted(shapes)}")
+    rgba = np.stack(frames)  # (T, H, W, 4)
+    if rgba[..., 3].min() == 255:  # fully opaque (the common case): just drop alpha
+        rgb = np.ascontiguousarray(rgba[..., :3])  # (T, H, W, 3)
+    else:
+        alpha = rgba[..., 3:].astype(np.uint16)
+        rgb = ((rgba[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)  # (T, H, W, 3)
+    durations = [float(d) if isinstance(d, (int, float)) and d > 10 else DEFAULT_DURATION_MS for d in durations]
+    return rgb, durations
+
+
+def write_gif(path: str, frames: np.ndarray, duration_ms: int = 100) -> None:
+    """Write (T, H, W, 3) uint8 frames as a looping GIF, atomically (temp file + rename)."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"write_gif expects (T, H, W, 3) uint8 frames, got {frames.dtype} {frames.shape}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".gif", dir=folder)
+    os.close(fd)
+    try:
+        iio.imwrite(tmp, frames, extension=".gif", duration=duration_ms, loop=0)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
