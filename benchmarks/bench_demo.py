@@ -1,0 +1,94 @@
+"""Demo-preset speed: full training step vs bare forward+backward, data path throughput, peak memory.
+
+    python benchmarks/bench_demo.py [--steps 30] [--data DIR] [--set field=value ...]
+
+Writes nothing outside a temp folder (besides the data cache of DIR, if it is new). Prints its figures.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from config import build_config  # noqa: E402
+from dataset import SignDataset  # noqa: E402
+from methods.trainer import Trainer  # noqa: E402
+from utils.synth import write_dataset  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--data", default=None, help="GIF folder (default: a fresh 600-clip synthetic set)")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix="t2s_bench_")
+    data = args.data or os.path.join(tmp, "data")
+    if not args.data:
+        write_dataset(data, 600, seed=0)
+    overrides = [f"data.data_dir={data}", f"data.cache_dir={os.path.join(tmp, 'cache')}",
+                 f"train.checkpoint_dir={tmp}/ck", f"train.log_dir={tmp}/logs", f"train.sample_dir={tmp}/s",
+                 "train.sample_every=0", "train.max_steps=100000", "train.checkpoint_every=100000",
+                 *args.overrides]
+    cfg = build_config("demo", overrides)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {cfg.model.arch}, "
+          f"batch {cfg.train.batch_size}, clip {cfg.data.num_frames}x{cfg.data.image_size}x{cfg.data.image_size}")
+
+    t0 = time.perf_counter()
+    SignDataset(cfg.data, "train", quiet=True)  # first pass: decode + write cache
+    decode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ds = SignDataset(cfg.data, "train", quiet=True)
+    cached_s = time.perf_counter() - t0
+    idx = torch.randint(0, len(ds), (4096,))
+    t0 = time.perf_counter()
+    for i in range(0, len(idx), cfg.train.batch_size):
+        ds.get_batch(idx[i:i + cfg.train.batch_size])
+    batch_s = time.perf_counter() - t0
+    print(f"data: first load {len(ds) / decode_s:.0f} clips/s (decode), cached load {len(ds) / cached_s:.0f} "
+          f"clips/s, get_batch {len(idx) / batch_s:.0f} clips/s")
+
+    trainer = Trainer(cfg, quiet=True)
+    trainer.train(stop_at=3)  # warm-up (allocator, first-call overheads)
+    t0 = time.perf_counter()
+    trainer.save("bench.pt")
+    save_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trainer.train(stop_at=3 + args.steps)
+    full_s = (time.perf_counter() - t0 - save_s) / args.steps  # train() ends with one latest.pt write
+
+    videos, text = trainer.next_batch()
+    model, diffusion = trainer.model, trainer.diffusion
+    t = diffusion.sample_timesteps(videos.shape[0], generator=torch.Generator().manual_seed(0))
+    noise = torch.randn_like(videos)
+    drop = torch.zeros(videos.shape[0], dtype=torch.bool)
+    times = []
+    for i in range(args.steps + 3):
+        t0 = time.perf_counter()
+        out = diffusion.training_losses(model, videos, t, noise, text_tokens=text.tokens, text_mask=text.mask,
+                                        pooled=text.pooled, drop=drop)
+        out["loss"].backward()
+        model.zero_grad(set_to_none=True)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    bare_s = sum(times) / len(times)
+    print(f"train step (data + fwd/bwd + clip + AdamW + EMA + logging): {full_s * 1000:.0f} ms = "
+          f"{1 / full_s:.2f} steps/s")
+    print(f"bare forward+backward, same batch: {bare_s * 1000:.0f} ms = {1 / bare_s:.2f} steps/s")
+    print(f"trainer overhead: {100 * (full_s / bare_s - 1):+.1f}% (target <= 10%)")
+    print(f"checkpoint write: {save_s * 1000:.0f} ms; peak RSS {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
