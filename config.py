@@ -39,6 +39,7 @@ class TextConfig:
 @dataclass
 class ModelConfig:
     arch: str = "TinyDiT-D14/2"  # key of models.DiT_models (depth / hidden / heads / patch)
+    pretrained: str = ""  # TinyDiT checkpoint to start from ("" = random init); see pretrained/README.md
     frame_chunk_size: int = 4  # frames per spatial-block pass: bounds activation memory on big models
     grad_checkpointing: bool = False  # recompute chunk activations in backward to save memory
     temporal_attention: bool = True  # attention across frames at each spatial position

@@ -81,7 +81,14 @@ class Trainer:
         self.text = embed_captions(cfg.text.encoder, cfg.text.max_length, captions, cfg.data.cache_dir).to(self.device)
         self.text_dim = self.text.pooled.shape[1]
         torch.manual_seed(tc.seed)
-        self.model = build_video_model(cfg, self.text_dim).to(self.device)
+        self.model = build_video_model(cfg, self.text_dim)
+        if cfg.model.pretrained and resume is None:
+            from models.pretrained import load_pretrained
+
+            report = load_pretrained(self.model, cfg.model.pretrained)
+            if not quiet:
+                print(report, file=sys.stderr)
+        self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
