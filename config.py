@@ -51,7 +51,8 @@ class ModelConfig:
 class DiffusionConfig:
     timesteps: int = 50  # training diffusion steps T
     schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid
-    prediction: str = "eps"  # eps | v
+    prediction: str = "eps"  # eps | v (v predicts x0 directly at low SNR: far better samples early in training)
+    min_snr_gamma: float = 0.0  # min-SNR-γ loss weighting (0 = plain MSE); caps the weight of nearly clean steps
     sampler: str = "ddim"  # ddim | ddpm
     sample_steps: int = 50  # sampler steps (<= timesteps)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic, 1 = DDPM-like)
@@ -75,6 +76,9 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     log_every: int = 10  # optimizer steps between scalar logs
+    stats_every: int = 100  # steps between per-module weight/grad norms, update ratios (0 = off): costs a weight copy
+    hist_every: int = 500  # steps between weight histograms and the loss-vs-t plot (0 = off): larger events
+    tensorboard: bool = True  # write TensorBoard logs under log_dir (false: no run folder, no logging cost)
     sample_every: int = 1000  # optimizer steps between sample GIFs (0 = only at the end)
     checkpoint_every: int = 1000  # optimizer steps between kept step_N.pt checkpoints (latest.pt is refreshed too)
     sample_prompts: tuple[str, ...] = ("hello", "thank you")  # captions sampled during training
@@ -125,6 +129,7 @@ class Config:
             ("diffusion.sample_steps", 1 <= self.diffusion.sample_steps <= self.diffusion.timesteps,
              "must be in [1, diffusion.timesteps]"),
             ("diffusion.eta", self.diffusion.eta >= 0.0, "must be >= 0"),
+            ("diffusion.min_snr_gamma", self.diffusion.min_snr_gamma >= 0.0, "must be >= 0"),
             ("diffusion.guidance_scale", self.diffusion.guidance_scale >= 0.0, "must be >= 0"),
             ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
             ("train.max_steps", self.train.max_steps >= 0, "must be >= 0"),
@@ -139,6 +144,8 @@ class Config:
             ("train.precision", self.train.precision in ("auto", "fp32", "bf16"), "must be auto, fp32 or bf16"),
             ("train.log_every", self.train.log_every >= 1, "must be >= 1"),
             ("train.sample_every", self.train.sample_every >= 0, "must be >= 0"),
+            ("train.stats_every", self.train.stats_every >= 0, "must be >= 0"),
+            ("train.hist_every", self.train.hist_every >= 0, "must be >= 0"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 1, "must be >= 1"),
             ("train.exp_name", _safe_name(self.train.exp_name), "must be letters, digits, '-', '_' or '.'"),
         ]
@@ -157,7 +164,9 @@ def _safe_name(name: str) -> bool:
 
 def tinyfusion() -> Config:
     """The seed configuration: TinyDiT-D14/2 + DistilBERT, 16x64x64 clips, batch 1 (a GPU job)."""
-    return Config()
+    cfg = Config()
+    cfg.model.pretrained = "pretrained/TinyDiT-D14-MaskedKD-500K.pt"
+    return cfg
 
 
 def demo() -> Config:

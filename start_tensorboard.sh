@@ -10,6 +10,9 @@ for arg in "$@"; do
     *) positional+=("$arg") ;;
   esac
 done
+if [ "${#positional[@]}" -gt 2 ]; then
+  echo "error: too many arguments (usage: ./start_tensorboard.sh [LOGDIR] [PORT] [--bind_all])" >&2; exit 2
+fi
 [ "${#positional[@]}" -ge 1 ] && logdir="${positional[0]}"
 [ "${#positional[@]}" -ge 2 ] && port="${positional[1]}"
 if ! [[ "$port" =~ ^[0-9]+$ ]]; then echo "error: PORT must be a number, got '$port'" >&2; exit 2; fi

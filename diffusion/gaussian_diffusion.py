@@ -24,9 +24,13 @@ ModelFn = Callable[..., torch.Tensor]
 class GaussianDiffusion:
     """Forward process, loss and samplers for one schedule and parametrisation."""
 
-    def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps"):
+    def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps",
+                 min_snr_gamma: float = 0.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
+        if min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be >= 0, got {min_snr_gamma}")
+        self.min_snr_gamma = min_snr_gamma
         self.schedule = make_schedule(schedule, timesteps)
         self.schedule_name = schedule
         self.num_timesteps = timesteps
@@ -48,6 +52,7 @@ class GaussianDiffusion:
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),
             "posterior_mean_coef2": (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod),
             "model_timesteps": self.schedule.model_timesteps,
+            "loss_weight": self._loss_weights(self.schedule.snr, prediction, min_snr_gamma),
         }
         self._copies: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -98,16 +103,28 @@ class GaussianDiffusion:
         return (self._coef("sqrt_alphas_cumprod", t, x0) * noise
                 - self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * x0)
 
+    @staticmethod
+    def _loss_weights(snr: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+        """Min-SNR-γ (Hang et al., 2023): the x0-space weight min(SNR, γ), expressed for the eps or v target.
+
+        An eps-MSE equals an x0-MSE weighted by SNR and a v-MSE one weighted by SNR + 1, hence the divisions.
+        Capping the weight stops nearly-clean steps from dominating training; gamma = 0 keeps the plain MSE.
+        """
+        if gamma == 0:
+            return torch.ones_like(snr)
+        return snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)
+
     def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                         **model_kwargs) -> dict[str, torch.Tensor]:
-        """Plain (unweighted) MSE between the network output and `target`, averaged per sample then over the batch."""
+        """MSE between the network output and `target` per sample (min-SNR weighted if configured), batch mean."""
         x_t = self.q_sample(x0, t, noise)
         pred = model_fn(x_t, self.model_time(t), **model_kwargs)
         target = self.target(x0, t, noise)
         # float32 loss even when the model ran in bf16: the mean over a whole video is a long sum.
-        loss_per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-        return {"loss": loss_per_sample.mean(), "loss_per_sample": loss_per_sample, "pred": pred,
-                "target": target, "x_t": x_t}
+        mse_per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        loss_per_sample = mse_per_sample * self._table("loss_weight", t.device, torch.float32)[t]
+        return {"loss": loss_per_sample.mean(), "loss_per_sample": loss_per_sample, "mse_per_sample": mse_per_sample,
+                "pred": pred, "target": target, "x_t": x_t}
 
     # ----------------------------------------------------------------------------------------------------------
     # reverse process

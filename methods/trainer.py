@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 import torch
 from tqdm import tqdm
@@ -26,6 +25,7 @@ from models.text_encoder import embed_captions
 from utils.device import autocast, autocast_dtype, select_device
 from utils.errors import UserError
 from utils.tb_logger import TBLogger, new_run_dir
+from utils.train_stats import StepClock
 
 
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
@@ -97,9 +97,11 @@ class Trainer:
         self.total_steps = min(limit, tc.max_steps) if tc.max_steps else limit
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, self.total_steps, tc.lr_schedule))
-        self.diffusion = GaussianDiffusion(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.prediction)
+        dc = cfg.diffusion
+        self.diffusion = GaussianDiffusion(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma)
         self.generator = torch.Generator().manual_seed(tc.seed)
         self.step = self.epoch = self.batch_in_epoch = 0
+        self._order: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its permutation), computed once
         self.exp_dir = os.path.join(tc.checkpoint_dir, tc.exp_name)
         self.sample_dir = os.path.join(tc.sample_dir, tc.exp_name)
         self.run_dir = new_run_dir(os.path.join(tc.log_dir, tc.exp_name))
@@ -112,8 +114,10 @@ class Trainer:
 
     # ----- data order: a permutation per epoch from (seed, epoch); position saved in checkpoints -----
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.data), generator=g)
+        if self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.data), generator=g))
+        return self._order[1]
 
     def next_batch(self):
         bs = self.cfg.train.batch_size
@@ -139,31 +143,36 @@ class Trainer:
     def train(self, stop_at: int | None = None) -> list[float]:
         """Run to total_steps; Ctrl-C (or reaching stop_at) saves latest.pt at the next step boundary."""
         tc = self.cfg.train
-        self.logger = TBLogger(self.run_dir)
-        self.logger.text(self.step, "config", "```\n" + repr(self.cfg.to_dict()) + "\n```")
+        self.logger = TBLogger(self.run_dir, tc, self.total_steps)
+        self.logger.start(self.step, self.epoch, self.cfg.to_dict(), self.model, self.diffusion, self.device)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=tc.exp_name, dynamic_ncols=True,
                    disable=self.quiet, file=sys.stderr)
         self.model.train()
         try:
             with StopRequest() as stop:
                 while self.step < self.total_steps and self.epoch < tc.epochs:
-                    t0 = time.perf_counter()
-                    loss = 0.0
+                    clock, loss = StepClock(), 0.0
                     for _ in range(tc.grad_accum):
-                        out = self.micro_step(*self.next_batch())
+                        batch = self.next_batch()
+                        clock.mark("data")
+                        out = self.micro_step(*batch)
                         (out["loss"] / tc.grad_accum).backward()
                         loss += out["loss"].item() / tc.grad_accum
+                        self.logger.observe(out)
+                        clock.mark("forward_backward")
                     if not math.isfinite(loss):
                         self.skip_nonfinite()
                         continue
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip or float("inf"))
-                    self.optimizer.step()
+                    with self.logger.watch_update(self.step + 1):  # per-module grad/weight stats, when due
+                        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip or float("inf"))
+                        self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
                     self.update_ema()
+                    clock.mark("optimizer")
                     self.step += 1
                     self.loss_history.append(loss)
-                    self.log_step(loss, float(grad_norm), time.perf_counter() - t0, bar)
+                    self.log_step(loss, float(grad_norm), clock.times, bar)
                     self.maybe_sample_and_checkpoint()
                     if stop.requested or self.step == stop_at:
                         self.save("latest.pt")
@@ -190,14 +199,12 @@ class Trainer:
         ema_params = [p for p in self.ema.parameters()]
         torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1.0 - decay)
 
-    def log_step(self, loss: float, grad_norm: float, seconds: float, bar) -> None:
-        lr = self.optimizer.param_groups[0]["lr"]
+    def log_step(self, loss: float, grad_norm: float, times: dict[str, float], bar) -> None:
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", epoch=self.epoch, refresh=False)
-        if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
-            self.logger.scalars(self.step, {"01_Training/loss": loss, "01_Training/lr": lr,
-                                            "01_Training/grad_norm": grad_norm,
-                                            "01_Training/step_time_s": seconds})
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[0]:.2e}", epoch=self.epoch, refresh=False)
+        self.logger.step(self.step, {"loss": loss, "grad_norm": grad_norm, "lrs": lrs, "times": times,
+                                     "epoch": self.epoch})  # the logger decides what is due
 
     def maybe_sample_and_checkpoint(self) -> None:
         tc, last = self.cfg.train, self.step == self.total_steps
@@ -215,6 +222,8 @@ class Trainer:
 
     def write_samples(self) -> list[str]:
         """Sample the configured prompts with the EMA weights; the training RNG streams are not touched."""
+        videos, ids = self.data.get_batch(torch.arange(1), device=self.device)  # fixed clip for 13_Noise_Vis
+        self.logger.denoising(self.step, self.model, videos, self.text.select(ids))
         if not self.prompts:
             return []
         dc, n = self.cfg.diffusion, len(self.data.caption_vocab)
@@ -223,6 +232,7 @@ class Trainer:
                          self.cfg.data.image_size, dc.sample_steps, dc.sampler, dc.eta, dc.guidance_scale,
                          seed=self.cfg.train.seed, device=self.device)
         paths = save_gifs(clips, self.prompts, self.sample_dir, suffix=f"_step{self.step:07d}")
+        self.logger.samples(self.step, clips, self.prompts)
         if not self.quiet:
             tqdm.write(f"step {self.step}: samples -> {', '.join(paths)}", file=sys.stderr)
         return paths

@@ -202,3 +202,33 @@ def test_sample_same_on_cpu_and_cuda():
     cpu, gpu = (d.sample(model_fn, (2, 3), steps=5, eta=1.0, generator=torch.Generator().manual_seed(0), device=dev)
                 for dev in ("cpu", "cuda"))
     torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+def test_min_snr_weights_exact():
+    from diffusion import GaussianDiffusion
+
+    for prediction in ("eps", "v"):
+        d = GaussianDiffusion("linear", 50, prediction, min_snr_gamma=5.0)
+        snr = d.schedule.snr
+        w = d._masters["loss_weight"]
+        k = int((snr < 5).nonzero()[0])  # first step whose SNR is below the cap
+        expected_high = 5.0 / (snr[k - 1] if prediction == "eps" else snr[k - 1] + 1)
+        expected_low = 1.0 if prediction == "eps" else snr[k] / (snr[k] + 1)
+        assert torch.isclose(w[k - 1], expected_high, rtol=1e-12)
+        assert torch.isclose(w[k], torch.as_tensor(expected_low, dtype=w.dtype), rtol=1e-12)
+    assert torch.equal(GaussianDiffusion("linear", 50, "v")._masters["loss_weight"], torch.ones(50, dtype=torch.float64))
+
+
+def test_min_snr_loss_is_weighted_mse():
+    from diffusion import GaussianDiffusion
+
+    d = GaussianDiffusion("cosine", 50, "v", min_snr_gamma=5.0)
+    x0 = torch.zeros(2, 3, 2, 4, 4)
+    noise = torch.ones_like(x0)
+    t = torch.tensor([0, 49])
+    out = d.training_losses(lambda x, s: torch.zeros_like(x), x0, t, noise)
+    target = d.target(x0, t, noise)
+    mse = target.pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(out["mse_per_sample"], mse)
+    snr = d.schedule.snr[t]
+    torch.testing.assert_close(out["loss_per_sample"], (mse * (snr.clamp(max=5) / (snr + 1))).float())
