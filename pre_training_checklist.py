@@ -1,0 +1,296 @@
+"""The longer pre-flight before a training run: every check prints one line, exit 1 if any fails.
+
+    python pre_training_checklist.py [--preset P] [--set field=value ...] [--max-clips N]
+
+Checks, in order (each is a function below that takes what it inspects, so tests plant faults directly):
+
+- config: the preset and --set values build a valid configuration.
+- data folder: data.data_dir exists and holds GIFs (WARN instead when the preset writes its synthetic set there).
+- captions present: GIFs with a usable <name>.txt caption; GIFs without one are listed (WARN: training skips them).
+- clips decodable: every GIF (or the first --max-clips) decodes; any that does not is named (FAIL: a damaged file
+  that training would silently skip).
+- text encoder: text.encoder loads and encodes a caption (offline-aware message when it cannot).
+- model: the configured architecture builds; parameter counts.
+- pretrained: model.pretrained is present and loads with a clean report (no shape mismatch, no uncovered key).
+- backbone trainable: every model parameter requires grad (a frozen backbone behind a zero-initialised final layer
+  predicts all zeros: the earlier toolkit's "black output").
+- output directories: checkpoint, sample and cache folders can be created and written.
+- disk space: room for checkpoints, sized from the parameter count (weights + EMA + two AdamW moments, fp32).
+- TensorBoard: the log folder takes a real event file.
+- device and memory: the configured device exists; training memory estimate vs what is available.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+from utils.preflight import FAIL, PASS, WARN, Checks, check_config, format_count, parse_args
+
+BYTES_PER_PARAM_CHECKPOINT = 16  # fp32 weights + EMA + AdamW exp_avg + exp_avg_sq
+BYTES_PER_PARAM_TRAINING = 20  # the same in memory, plus fp32 gradients
+# 4-byte values per token x hidden x block that a training step holds after the forward pass, with / without
+# activation checkpointing: measured as resident memory on CPU for TinyDiT-D14/2 (7.2 at 16 frames in chunks of 4,
+# 38.7 without checkpointing; benchmarks/bench_tinydit.py)
+ACTIVATION_VALUES = {True: 7, False: 40}
+
+
+def check_data_folder(data_dir: str, synth_if_missing: bool, synth_num: int):
+    from dataset import DataError, find_pairs
+
+    try:
+        pairs, skipped = find_pairs(data_dir)
+    except DataError as err:
+        if synth_if_missing and not (os.path.isdir(data_dir) and any(n.lower().endswith(".gif")
+                                                                     for n in os.listdir(data_dir))):
+            return WARN, f"no GIFs in {data_dir} yet: `main.py train` writes the synthetic set ({synth_num} clips)"
+        raise
+    return PASS, f"{len(pairs) + len(skipped)} GIFs in {data_dir}", (pairs, skipped)
+
+
+def check_captions(pairs: list[tuple[str, str]], skipped: list[tuple[str, str]]):
+    if not pairs:
+        return FAIL, f"no GIF has a usable caption ({len(skipped)} skipped: {_names(skipped)})"
+    words = [len(c.split()) for _, c in pairs]
+    detail = (f"{len(pairs)} clips captioned ({len(set(c for _, c in pairs))} distinct captions, "
+              f"{min(words)}..{max(words)} words)")
+    if skipped:
+        return WARN, f"{detail}; {len(skipped)} GIF(s) skipped by training: {_names(skipped)}"
+    return PASS, detail
+
+
+def _names(items: list[tuple[str, str]], limit: int = 5) -> str:
+    shown = ", ".join(f"{name} ({why})" for name, why in items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def check_clips(pairs: list[tuple[str, str]], num_frames: int, max_clips: int = 0):
+    """Decode every GIF (the loader's own reader); name the ones that fail."""
+    from utils.gif import read_gif
+
+    chosen = pairs[:max_clips] if max_clips else pairs
+    bad, frames, sizes = [], [], set()
+    for path, _ in chosen:
+        try:
+            clip, _ = read_gif(path)
+        except ValueError as err:
+            bad.append((os.path.basename(path), str(err)))
+            continue
+        frames.append(clip.shape[0])
+        sizes.add(f"{clip.shape[2]}x{clip.shape[1]}")
+    if bad:
+        return FAIL, f"{len(bad)} of {len(chosen)} GIF(s) do not decode: {_names(bad)}"
+    short = sum(n < num_frames for n in frames)
+    return PASS, (f"{len(chosen)}{'' if len(chosen) == len(pairs) else f' of {len(pairs)}'} clips decode, "
+                  f"{min(frames)}..{max(frames)} frames, sizes {', '.join(sorted(sizes)[:4])}"
+                  f"{', ...' if len(sizes) > 4 else ''}"
+                  + (f"; {short} shorter than data.num_frames={num_frames} (last frame repeated)" if short else ""))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_text_encoder(name: str, max_length: int):
+    """Offline-aware: a hub model that is neither cached nor downloadable fails at once, without minutes of retries."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from models.text_encoder import FrozenTextEncoder, resolve_encoder
+
+    path = resolve_encoder(name)
+    if not os.path.isdir(path) and not isinstance(try_to_load_from_cache(path, "config.json"), str):
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+            return FAIL, (f"{name}: not in the local Hugging Face cache and the hub cannot be reached (offline): "
+                          f"download it once with internet, or set text.encoder to a local folder with config.json, "
+                          f"weights and tokenizer files (or to all-MiniLM-L6-v2, shipped with requirements.txt)")
+    encoder = FrozenTextEncoder(name, max_length)
+    emb = encoder.encode(["hello"])
+    offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    return PASS, f"{name}: {encoder.dim}-dim embeddings, {emb.tokens.shape[1]} tokens for 'hello'{offline}", encoder.dim
+
+
+def check_model(cfg, text_dim: int):
+    from methods.trainer import build_video_model
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_video_model(cfg, text_dim)
+    groups = {"image backbone": 0, "text": 0, "temporal": 0, "cross": 0}
+    for name, p in model.named_parameters():
+        key = ("text" if name.startswith("text_embedder") else "temporal" if ".temporal_attn." in name
+               else "cross" if ".cross_attn." in name else "image backbone")
+        groups[key] += p.numel()
+    total = sum(groups.values())
+    return PASS, (f"{cfg.model.arch}: {total:,} parameters ("
+                  + ", ".join(f"{k} {format_count(v)}" for k, v in groups.items()) + ")"), model
+
+
+def check_pretrained(model, source: str):
+    if not source:
+        return PASS, "none configured: random init (the tinyfusion preset starts from TinyDiT-D14/2)"
+    from models.pretrained import load_pretrained
+
+    report = load_pretrained(model, source)
+    if report.container.startswith("model"):
+        return WARN, f"{report.path}: no 'ema' weights in the file, loaded 'model': {report.summary()}"
+    return PASS, f"{report.path} [{report.container.split(';')[0]}]: {report.summary()}"
+
+
+def check_backbone_trainable(model):
+    params = list(model.named_parameters())
+    frozen = [name for name, p in params if not p.requires_grad]
+    total = sum(p.numel() for _, p in params)
+    trainable = sum(p.numel() for _, p in params if p.requires_grad)
+    detail = f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.1f}%)"
+    if frozen:
+        from models.pretrained import abbreviate
+
+        return FAIL, (f"{detail}; frozen: {', '.join(abbreviate(frozen)[:4])}{' ...' if len(frozen) > 4 else ''} "
+                      f"(the trainer optimises only requires_grad parameters)")
+    return PASS, detail
+
+
+def _try_write(folder: str) -> str | None:
+    """None when folder can be created and written, else the reason."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".preflight_"):
+            pass
+    except OSError as err:
+        return f"{folder} ({type(err).__name__}: {err.strerror or err})"
+    return None
+
+
+def check_output_dirs(folders: list[str]):
+    problems = [why for why in map(_try_write, folders) if why]
+    if problems:
+        return FAIL, "not writable: " + "; ".join(problems)
+    return PASS, "writable: " + ", ".join(folders)
+
+
+def planned_steps(cfg, n_clips_train: int) -> int:
+    tc = cfg.train
+    limit = math.ceil(tc.epochs * math.ceil(n_clips_train / tc.batch_size) / tc.grad_accum)
+    return min(limit, tc.max_steps) if tc.max_steps else limit
+
+
+def check_disk(folder: str, n_params: int, steps: int, checkpoint_every: int):
+    size = n_params * BYTES_PER_PARAM_CHECKPOINT
+    kept = steps // checkpoint_every + 2  # step_N.pt files, latest.pt, final.pt
+    free = shutil.disk_usage(_existing_parent(folder)).free
+    detail = (f"checkpoint ~{size / 1e9:.2f} GB ({format_count(n_params)} params x {BYTES_PER_PARAM_CHECKPOINT} B); "
+              f"{kept} kept over {steps:,} steps need ~{kept * size / 1e9:,.1f} GB; {free / 1e9:,.1f} GB free")
+    if free < 2 * size:  # a save writes a temp file next to the previous latest.pt
+        return FAIL, detail + " (not even one checkpoint fits)"
+    if free < kept * size:
+        return WARN, detail + " (raise train.checkpoint_every or prune step_*.pt files as training goes)"
+    return PASS, detail
+
+
+def _existing_parent(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_tensorboard(log_root: str):
+    from torch.utils.tensorboard import SummaryWriter
+
+    os.makedirs(log_root, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=".preflight_", dir=log_root)
+    try:
+        writer = SummaryWriter(folder)
+        writer.add_scalar("preflight", 1.0, 0)
+        writer.close()
+        events = [n for n in os.listdir(folder) if n.startswith("events.out.tfevents")]
+        if not events:
+            return FAIL, f"SummaryWriter wrote no event file in {log_root}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return PASS, f"event file written and removed in {log_root}"
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def estimate_memory(cfg, model) -> int:
+    """Bytes for one training step: parameters, grads, AdamW, EMA (fp32) plus saved activations (rough)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    hidden, depth = model.pos_embed.shape[-1], len(model.blocks)
+    tokens = cfg.train.batch_size * cfg.data.num_frames * model.grid ** 2
+    activations = 4 * ACTIVATION_VALUES[cfg.model.grad_checkpointing] * tokens * hidden * depth
+    return n_params * BYTES_PER_PARAM_TRAINING + activations
+
+
+def check_device_memory(cfg, model):
+    from utils.device import autocast_dtype, select_device
+
+    device = select_device(cfg.train.device)
+    precision = "bf16 autocast" if autocast_dtype(device, cfg.train.precision) else "fp32"
+    need, free = estimate_memory(cfg, model), available_memory(device)
+    detail = (f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), {precision}; "
+              f"training needs ~{need / 1e9:.1f} GB (estimate), {free / 1e9:.1f} GB available")
+    if need > free:
+        hint = "" if cfg.model.grad_checkpointing else "; try --set model.grad_checkpointing=true"
+        return WARN, detail + hint
+    return PASS, detail
+
+
+def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
+    dc, tc = cfg.data, cfg.train
+    data = checks.run("data folder", check_data_folder, dc.data_dir, dc.synth_if_missing, dc.synth_num)
+    n_train = dc.synth_num
+    if data is not None:
+        from dataset import split_of
+
+        pairs, skipped = data
+        checks.run("captions present", check_captions, pairs, skipped)
+        if pairs:
+            checks.run("clips decodable", check_clips, pairs, dc.num_frames, max_clips)
+        n_train = sum(split_of(os.path.basename(p)[:-4], dc.val_fraction) == "train" for p, _ in pairs)
+    text_dim = checks.run("text encoder", check_text_encoder, cfg.text.encoder, cfg.text.max_length)
+    model = checks.run("model", check_model, cfg, text_dim or 768)
+    if model is not None:
+        checks.run("pretrained", check_pretrained, model, cfg.model.pretrained)
+        checks.run("backbone trainable", check_backbone_trainable, model)
+    out_dirs = [os.path.join(tc.checkpoint_dir, tc.exp_name), os.path.join(tc.sample_dir, tc.exp_name), dc.cache_dir]
+    checks.run("output directories", check_output_dirs, out_dirs)
+    if model is not None:
+        n_params = sum(p.numel() for p in model.parameters())
+        checks.run("disk space", check_disk, tc.checkpoint_dir, n_params, planned_steps(cfg, max(n_train, 1)),
+                   tc.checkpoint_every)
+    if tc.tensorboard:
+        checks.run("TensorBoard", check_tensorboard, os.path.join(tc.log_dir, tc.exp_name))
+    else:
+        checks.record(PASS, "TensorBoard", "off (train.tensorboard=false): nothing is written")
+    if model is not None:
+        checks.run("device and memory", check_device_memory, cfg, model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv, lambda p: p.add_argument(
+        "--max-clips", type=int, default=0, help="decode only the first N clips (default 0: all)"))
+    checks = Checks()
+    cfg = checks.run("config", check_config, args.preset, args.overrides)
+    if cfg is not None:
+        run_checklist(cfg, checks, args.max_clips)
+    return checks.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Pre-flight scripts: they pass on a healthy tiny setup, and every planted fault makes them exit 1 naming it."""
+import shutil
+
+import pytest
+import torch
+
+import methods.trainer
+import pre_training_checklist as checklist
+import verify_training_ready as verify
+from conftest import tiny_overrides
+from models import build_model
+from test_pretrained import tinyfusion_state_dict
+from utils.preflight import FAIL, PASS, Checks
+
+
+def cli_args(tmp_path, data_dir, encoder, **extra):
+    return [a for o in tiny_overrides(tmp_path, data_dir, encoder, **extra) for a in ("--set", o)]
+
+
+def lines(out: str) -> dict[str, str]:
+    """check name -> status, from the "[STATUS] name: detail" lines."""
+    found = {}
+    for line in out.splitlines():
+        if line.startswith("["):
+            status, rest = line[1:].split("] ", 1)
+            found[rest.split(":", 1)[0]] = status
+    return found
+
+
+VERIFY_CHECKS = ["config", "setup", "forward", "loss finite", "gradient reaches the patch embedding",
+                 "gradient reaches the text projection", "gradient reaches the final layer", "output finite",
+                 "output not all-zero", "output std", "text changes the prediction",
+                 "text tokens change the prediction"]
+
+
+def test_verify_passes_from_random_init_and_pretrained(tmp_path, synth_dir, tiny_encoder, capsys):
+    assert verify.main(cli_args(tmp_path, synth_dir, tiny_encoder)) == 0
+    out = capsys.readouterr().out
+    assert lines(out) == {name: PASS for name in VERIFY_CHECKS}
+    assert "at probe step 3" in out  # adaLN-Zero: the text projection gets its first gradient in step 3
+
+    torch.save({"ema": tinyfusion_state_dict()}, tmp_path / "tiny.pt")
+    args = cli_args(tmp_path, synth_dir, tiny_encoder, **{"model.pretrained": tmp_path / "tiny.pt"})
+    assert verify.main(args + ["--max-steps", "1"]) == 0  # pretrained weights: one step reaches everything
+    captured = capsys.readouterr()
+    assert lines(captured.out) == {name: PASS for name in VERIFY_CHECKS}
+    assert "loaded exactly" in captured.err
+
+
+def text_blind(model):
+    original = model.forward
+    model.forward = lambda x, t, text_tokens, text_mask, pooled, drop=None: original(
+        x, t, torch.zeros_like(text_tokens), text_mask, torch.zeros_like(pooled), drop)
+    return model
+
+
+def zero_output(model):
+    original = model.forward
+    model.forward = lambda *args, **kwargs: original(*args, **kwargs) * 0
+    return model
+
+
+def frozen_backbone(model):
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("final_layer"))
+    return model
+
+
+@pytest.mark.parametrize("plant, failing", [
+    (text_blind, {"text changes the prediction", "text tokens change the prediction",
+                  "gradient reaches the text projection"}),
+    (zero_output, {"output not all-zero", "output std", "text changes the prediction",
+                   "text tokens change the prediction", "gradient reaches the patch embedding",
+                   "gradient reaches the text projection", "gradient reaches the final layer"}),
+    (frozen_backbone, {"gradient reaches the patch embedding", "gradient reaches the text projection",
+                       "text tokens change the prediction"}),  # frozen cross-attention stays zero
+])
+def test_verify_fails_on_planted_faults(tmp_path, synth_dir, tiny_encoder, capsys, monkeypatch, plant, failing):
+    build = methods.trainer.build_video_model
+    monkeypatch.setattr(methods.trainer, "build_video_model", lambda cfg, dim: plant(build(cfg, dim)))
+    assert verify.main(cli_args(tmp_path, synth_dir, tiny_encoder)) == 1
+    out = capsys.readouterr().out
+    assert {name for name, status in lines(out).items() if status == FAIL} == failing
+    in_order = ", ".join(n for n in VERIFY_CHECKS if n in failing)
+    assert out.splitlines()[-1].endswith(f"{len(failing)} failed ({in_order})")
+    if plant is frozen_backbone:
+        assert "x_embedder.proj.weight: frozen (requires_grad=False)" in out
+
+
+CHECKLIST = ["config", "data folder", "captions present", "clips decodable", "text encoder", "model", "pretrained",
+             "backbone trainable", "output directories", "disk space", "TensorBoard", "device and memory"]
+
+
+def run_checklist(tmp_path, data_dir, encoder, capsys, **extra):
+    code = checklist.main(cli_args(tmp_path, data_dir, encoder, **extra))
+    return code, capsys.readouterr().out
+
+
+def test_checklist_passes_on_healthy_setup(tmp_path, synth_dir, tiny_encoder, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.save({"ema": tinyfusion_state_dict()}, tmp_path / "tiny.pt")
+    code, out = run_checklist(tmp_path, synth_dir, tiny_encoder, capsys, **{"model.pretrained": tmp_path / "tiny.pt"})
+    assert code == 0, out
+    assert lines(out) == {name: PASS for name in CHECKLIST}, out
+    assert "27 exact, 3 adapted, 1 recomputed, 1 unused, 26 new" in out
+    assert "14 clips decode, 8..8 frames, sizes 32x32" in out
+
+
+@pytest.fixture
+def damaged_data(tmp_path, synth_dir):
+    folder = tmp_path / "data"
+    shutil.copytree(synth_dir, folder)
+    victim = sorted(folder.glob("*.gif"))[3]
+    victim.write_bytes(victim.read_bytes()[:60])  # truncated mid-file
+    (folder / "uncaptioned.gif").write_bytes((folder / sorted(p.name for p in folder.glob("*.gif"))[0]).read_bytes())
+    return folder, victim.name
+
+
+def test_checklist_names_corrupt_gif_and_warns_missing_caption(tmp_path, damaged_data, tiny_encoder, capsys):
+    folder, victim = damaged_data
+    code, out = run_checklist(tmp_path, str(folder), tiny_encoder, capsys)
+    assert code == 1
+    status = lines(out)
+    assert status["clips decodable"] == FAIL and f"1 of 14 GIF(s) do not decode: {victim}" in out
+    assert status["captions present"] == "WARN" and "uncaptioned.gif (no caption)" in out
+    assert [n for n, s in status.items() if s == FAIL] == ["clips decodable"]
+
+
+@pytest.mark.parametrize("fault", ["missing data", "unwritable dir", "unwritable log dir", "wrong checkpoint shapes",
+                                   "missing checkpoint", "text encoder offline"])
+def test_checklist_fails_naming_each_planted_fault(tmp_path, synth_dir, tiny_encoder, capsys, monkeypatch, fault):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "a_file").write_text("not a folder")
+    torch.save({"ema": tinyfusion_state_dict(hidden=48)}, tmp_path / "wide.pt")
+    data, extra, failing, needle = synth_dir, {}, None, None
+    if fault == "missing data":
+        data, failing, needle = str(tmp_path / "no_such_folder"), "data folder", "does not exist"
+    elif fault == "unwritable dir":
+        extra = {"train.checkpoint_dir": tmp_path / "a_file" / "ck"}
+        failing, needle = "output directories", f"not writable: {tmp_path / 'a_file' / 'ck' / 'tiny'}"
+    elif fault == "unwritable log dir":
+        extra, failing, needle = {"train.log_dir": tmp_path / "a_file"}, "TensorBoard", "a_file"
+    elif fault == "wrong checkpoint shapes":
+        extra, failing, needle = {"model.pretrained": tmp_path / "wide.pt"}, "pretrained", "shape mismatch"
+    elif fault == "missing checkpoint":
+        extra, failing, needle = {"model.pretrained": tmp_path / "gone.pt"}, "pretrained", "not found"
+    else:
+        extra = {"text.encoder": "no-such-org/no-such-encoder"}
+        failing, needle = "text encoder", "cannot be reached (offline)"
+    code, out = run_checklist(tmp_path, data, tiny_encoder, capsys, **extra)
+    assert code == 1
+    assert [n for n, s in lines(out).items() if s == FAIL] == [failing], out
+    assert needle in next(line for line in out.splitlines() if line.startswith(f"[FAIL] {failing}:"))
+
+
+def test_check_functions_fail_on_planted_objects(tmp_path):
+    model = build_model("DiT-Test/4", 16, 8)
+    assert checklist.check_backbone_trainable(model)[0] == PASS
+    for p in model.blocks.parameters():
+        p.requires_grad_(False)
+    status, detail = checklist.check_backbone_trainable(model)
+    assert status == FAIL and "frozen: blocks.{0..1}.attn.qkv.{weight,bias}" in detail
+    checks = Checks()
+    checks.run("backbone trainable", checklist.check_backbone_trainable, model)
+    assert checks.finish() == 1 and checks.failed == ["backbone trainable"]
+
+    status, detail = checklist.check_disk(str(tmp_path), n_params=10**15, steps=10, checkpoint_every=5)
+    assert status == FAIL and "not even one checkpoint fits" in detail
+    status, _ = checklist.check_disk(str(tmp_path), n_params=1000, steps=10, checkpoint_every=5)
+    assert status == PASS
+    status, detail = checklist.check_captions([], [("a.gif", "no caption")])
+    assert status == FAIL and "a.gif (no caption)" in detail
