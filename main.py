@@ -1,4 +1,4 @@
-"""Text2Sign command line: train, sample, config, synth-data.
+"""Text2Sign command line: train, sample, train-evaluator, evaluate, config, synth-data.
 
 Exit codes: 0 success, 2 usage / config / data errors (one line on stderr), 1 unexpected failure (traceback).
 """
@@ -30,7 +30,8 @@ def ensure_data(cfg: Config) -> None:
 
         print(f"no GIFs in {dc.data_dir}: writing the built-in synthetic sign set ({dc.synth_num} clips, "
               f"seed {dc.synth_seed})", file=sys.stderr)
-        write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, command="python main.py train (demo preset)")
+        write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, holdout=dc.synth_holdout,
+                      command="python main.py train (demo preset)")
 
 
 def cmd_train(args) -> int:
@@ -96,6 +97,40 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_train_evaluator(args) -> int:
+    from methods.evaluate import train_evaluator
+
+    cfg = build_config(args.preset, args.overrides + ([f"data.data_dir={args.data}"] if args.data else []))
+    ensure_data(cfg)
+    info = train_evaluator(cfg)
+    for name, c in info["checks"].items():
+        if c:
+            print(f"{name}: real R@1 {c['r1']:.3f} among {c['num_captions']} captions (chance {c['chance_r1']:.3f}); "
+                  f"R@1 reversed {c['reversed_r1']:.3f}, shuffled {c['shuffled_r1']:.3f}; true order closer to "
+                  f"the caption than reversed {c['reversed_order_acc']:.0%}, than shuffled "
+                  f"{c['shuffled_order_acc']:.0%}", file=sys.stderr)
+    print(info["path"])
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from methods.evaluate import evaluate
+
+    report = evaluate(args.checkpoint, data_dir=args.data, split=args.split, num_captions=args.num_captions,
+                      steps=args.steps, guidance=args.guidance, out=args.out, evaluator=args.evaluator,
+                      seed=args.seed, device=args.device)
+    for name, g in report["groups"].items():
+        print(f"{name}: R@1 generated {g['generated_r1']:.3f} / real {g['real_r1']:.3f} / chance {g['chance_r1']:.3f} "
+              f"({g['num_captions']} captions); Frechet {g['frechet_distance']:.3f}; SSIM {g['ssim']:.3f}; "
+              f"PSNR {g['psnr']:.2f} dB; frame change {g['temporal_change_generated']:.2f} vs real "
+              f"{g['temporal_change_real']:.2f}", file=sys.stderr)
+        for part, b in g["by_training"].items():
+            print(f"  {part} in training: R@1 generated {b['generated_r1']:.3f} / real {b['real_r1']:.3f} "
+                  f"({b['num_captions']} captions)", file=sys.stderr)
+    print(report["json"])
+    return 0
+
+
 def cmd_config(args) -> int:
     print(format_config(build_config(args.preset, args.overrides)))
     return 0
@@ -139,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--output_dir", default=None, help="default: generated_samples/<exp>")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train-evaluator", help="train the text<->video matching model that `evaluate` scores with")
+    add_config_args(p)
+    p.add_argument("--data", default=None, metavar="DIR", help="GIF + txt folder (default: data.data_dir)")
+    p.set_defaults(func=cmd_train_evaluator)
+
+    p = sub.add_parser("evaluate", help="does a checkpoint follow the text? retrieval, Frechet, SSIM/PSNR")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None, metavar="DIR", help="default: the checkpoint's data.data_dir")
+    p.add_argument("--split", default="val", help="val or train: the real clips and captions to use")
+    p.add_argument("--num_captions", type=int, default=32, help="captions K (retrieval ranks among K)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: diffusion.sample_steps)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--out", default=None, metavar="FILE.json",
+                   help="default: generated_samples/<exp>/eval_step<N>_<split>.json")
+    p.add_argument("--evaluator", default=None, metavar="PATH", help="default: evaluator.pt next to the checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="print the resolved configuration")
     add_config_args(p)

@@ -60,6 +60,9 @@ def write_gif(path: str, frames: np.ndarray, duration_ms: int = 100) -> None:
     os.close(fd)
     try:
         iio.imwrite(tmp, frames, extension=".gif", duration=duration_ms, loop=0)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a GIF should be as readable as any new file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,214 @@
+"""Evaluation: metric values, the learned text<->video evaluator's validity, and the train-evaluator/evaluate CLI."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from config import build_config
+from conftest import tiny_overrides
+from methods.evaluate import (frechet_distance, heldout_set, pick_captions, psnr, retrieval_ranks, score_clips, ssim,
+                              temporal_change, train_evaluator)
+from models.evaluator import load_evaluator, segment_shuffle
+from models.text_encoder import embed_captions
+from test_cli import run, sets
+from utils.synth import render_clip, write_dataset
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics against known values
+
+
+def test_ssim_identical_is_one_and_constant_images_match_the_formula():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2, 24, 24, 3)).astype(np.uint8)
+    assert np.allclose(ssim(x, x), 1.0)
+    # Constant images a and b: no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1) exactly.
+    a, b, c1 = 100.0, 150.0, (0.01 * 255) ** 2
+    got = ssim(np.full((1, 16, 16, 3), a), np.full((1, 16, 16, 3), b))
+    assert got[0] == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-9)
+    noisy = np.clip(x + rng.normal(0, 40, x.shape), 0, 255)
+    s = ssim(x, noisy)
+    assert np.all(s < 0.9) and np.allclose(s, ssim(noisy, x))  # symmetric, below 1
+
+
+def test_ssim_hand_computed_window_case():
+    # 11x11 image, window = whole image: one SSIM value from global Gaussian-weighted statistics.
+    x = np.zeros((1, 11, 11, 1))
+    x[0, :, 5:] = 200.0
+    y = np.full((1, 11, 11, 1), 100.0)
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    mx, my = (w * x[0, :, :, 0]).sum(), 100.0
+    vx = (w * x[0, :, :, 0] ** 2).sum() - mx**2
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    expected = (2 * mx * my + c1) * c2 / ((mx**2 + my**2 + c1) * (vx + c2))
+    assert ssim(x, y)[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_psnr_and_temporal_change():
+    x = np.zeros((4, 8, 8, 3), np.uint8)
+    assert psnr(x, x + 10) == pytest.approx(10 * math.log10(255**2 / 100))
+    assert psnr(x, x) == 100.0
+    clip = np.zeros((3, 4, 4, 3), np.uint8)
+    clip[1] = 30
+    assert temporal_change(clip) == pytest.approx(30.0) and temporal_change(x) == 0.0
+
+
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(200, 5))
+    assert abs(frechet_distance(a, a)) < 1e-8
+    shift = np.arange(5.0)
+    assert frechet_distance(a, a + shift) == pytest.approx((shift**2).sum(), rel=1e-8)
+    b = rng.normal(2.0, 3.0, size=(150, 1))  # 1-D: (mu_a - mu_b)^2 + (sd_a - sd_b)^2
+    expected = (a[:, 0].mean() - b[:, 0].mean()) ** 2 + (a[:, 0].std(ddof=1) - b[:, 0].std(ddof=1)) ** 2
+    assert frechet_distance(a[:, :1], b) == pytest.approx(expected, rel=1e-8)
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    c = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5))
+    sa, sc = np.cov(a, rowvar=False), np.cov(c, rowvar=False)
+    ref = ((a.mean(0) - c.mean(0)) ** 2).sum() + np.trace(sa + sc - 2 * scipy_linalg.sqrtm(sa @ sc).real)
+    assert frechet_distance(a, c) == pytest.approx(ref, rel=1e-6)
+
+
+def test_retrieval_ranks_count_ties_against_the_clip():
+    text = torch.eye(3)
+    video = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0.5, 0.5]])
+    assert retrieval_ranks(video, text).tolist() == [0, 2, 1]  # clip 1 ties captions 1, 2; clip 2 ties 1, 2
+
+
+def test_segment_shuffle_is_a_reordering():
+    for t in (4, 8, 16):
+        order = segment_shuffle(t, seed=3)
+        assert sorted(order.tolist()) == list(range(t)) and order.tolist() != list(range(t))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluator itself: trained on small synthetic data, then validated
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_encoder):
+    tmp = tmp_path_factory.mktemp("evaluator")
+    data = tmp / "data"
+    write_dataset(str(data), 300, seed=5, size=32, num_frames=16, holdout=12)
+    cfg = build_config("demo", tiny_overrides(tmp, str(data), tiny_encoder, **{
+        "data.image_size": 32, "data.num_frames": 16, "data.val_fraction": 0.2, "eval.evaluator_dim": 32,
+        "eval.evaluator_depth": 1, "eval.evaluator_steps": 600, "eval.evaluator_lr": 2e-3}))
+    info = train_evaluator(cfg, quiet=True)
+    ev, meta = load_evaluator(info["path"])
+    return cfg, info, ev, meta
+
+
+def group_inputs(cfg, ev, meta, ds, k=16):
+    names, idx = pick_captions(ds, k, seed=0)
+    text = ev.encode_text(embed_captions(meta["text_encoder"], meta["max_length"], names, cfg.data.cache_dir))
+    return names, ds.clips[idx].numpy(), text
+
+
+def test_real_clips_retrieve_their_caption_far_above_chance(trained):
+    cfg, info, ev, meta = trained
+    checks = info["checks"]
+    assert set(checks) == {"train", "val", "heldout"}
+    for name in ("val", "heldout"):  # clips and word combinations the evaluator never saw
+        c = checks[name]
+        assert c["num_captions"] >= 10, c
+        assert c["r1"] >= 0.9 and c["r1"] >= 5 * c["chance_r1"], (name, c)
+
+
+def test_temporal_order_matters(trained):
+    for name in ("val", "heldout"):
+        c = trained[1]["checks"][name]
+        assert c["reversed_r1"] < c["r1"] - 0.2, (name, c)
+        assert c["reversed_order_acc"] >= 0.9 and c["shuffled_order_acc"] >= 0.8, (name, c)
+
+
+def test_text_ignoring_generators_score_near_chance(trained):
+    cfg, _, ev, meta = trained
+    names, real, text = group_inputs(cfg, ev, meta, heldout_set(cfg.data))
+    k, t = len(names), real.shape[1]
+    # One fixed caption for every prompt (different renders so the clips are not identical).
+    fixed = np.stack([render_clip("hello", 32, t, variation_seed=100 + i) for i in range(k)])
+    res = score_clips(ev, text, real, fixed)
+    assert res["real_r1"] >= 0.9 and res["generated_r1"] <= res["chance_r1"] + 1e-9, res
+    # Right-looking clips of the wrong captions (every clip belongs to the next caption).
+    res = score_clips(ev, text, real, np.roll(real, 1, axis=0))
+    assert res["generated_r1"] <= res["chance_r1"] + 1e-9 and res["r1_ratio"] <= 0.1, res
+    # A perfect generator: new renders of the same captions score like the real clips.
+    perfect = np.stack([render_clip(c, 32, t, variation_seed=7 + i) for i, c in enumerate(names)])
+    res = score_clips(ev, text, real, perfect)
+    assert res["r1_ratio"] >= 0.9 and res["ssim"] > 0.8 and 0.8 < res["temporal_change_ratio"] < 1.25, res
+    assert res["frechet_distance"] < score_clips(ev, text, real, fixed)["frechet_distance"]
+
+
+def test_degraded_but_correct_clips_still_retrieve_their_caption(trained):
+    """Generated clips are noisy and blurry: the right content must still be recognised (not only clean renders)."""
+    cfg, _, ev, meta = trained
+    names, real, text = group_inputs(cfg, ev, meta, heldout_set(cfg.data))
+    noisy = np.clip(real + np.random.default_rng(0).normal(0, 20, real.shape), 0, 255).astype(np.uint8)
+    blurred = ((real.astype(np.float32) * 2 + np.roll(real, 1, 2) + np.roll(real, 1, 3)) / 4).astype(np.uint8)
+    for clips in (noisy, blurred):
+        res = score_clips(ev, text, real, clips)
+        assert res["generated_r1"] >= 0.9 and res["r1_ratio"] >= 0.9, res
+
+
+def test_evaluator_file_round_trip(trained):
+    cfg, info, ev, meta = trained
+    state = torch.load(info["path"], weights_only=True)
+    assert state["kind"] == "text2sign-evaluator" and state["hparams"]["num_frames"] == 16
+    assert meta["text_encoder"] == cfg.text.encoder and "state_dict" not in meta
+    clips = heldout_set(cfg.data).clips[:3]
+    again, _ = load_evaluator(info["path"])
+    assert torch.equal(ev.encode_clips(clips), again.encode_clips(clips))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI end to end
+
+
+def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder):
+    data = tmp_path / "data"
+    write_dataset(str(data), 16, seed=2, size=32, num_frames=8, holdout=3)
+    overrides = tiny_overrides(tmp_path, str(data), tiny_encoder, **{"train.max_steps": 2,
+                                                                     "train.checkpoint_every": 2})
+    r = run("train", *sets(overrides), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ckpt = str(tmp_path / "checkpoints" / "tiny" / "final.pt")
+
+    for args, needle in ((["--split", "test"], "--split must be val or train"), ([], "train-evaluator")):
+        r = run("evaluate", "--checkpoint", ckpt, *args, cwd=tmp_path)  # bad split; no evaluator yet
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+    r = run("train-evaluator", *sets(overrides + ["eval.evaluator_steps=5", "eval.evaluator_dim=16"]), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "checkpoints" / "tiny" / "evaluator.pt") and "R@1" in r.stderr
+
+    out = tmp_path / "eval" / "report.json"
+    r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+            "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    report = json.loads(out.read_text())
+    assert set(report["groups"]) == {"train", "heldout"}
+    for group in report["groups"].values():
+        for key in ("real_r1", "real_r5", "generated_r1", "generated_r5", "chance_r1", "r1_ratio", "frechet_distance",
+                    "ssim", "psnr", "temporal_change_generated", "temporal_change_real", "real_reversed_r1"):
+            assert key in group
+        assert group["num_captions"] == 3 and len(group["per_caption"]) == 3
+        for row in group["per_caption"]:
+            assert os.path.isfile(row["grid"]) and row["grid"].endswith(".gif")
+    assert all(row["in_training"] for row in report["groups"]["train"]["per_caption"])
+    assert not any(row["in_training"] for row in report["groups"]["heldout"]["per_caption"])
+    logs = list((tmp_path / "logs").rglob("events.out.tfevents*"))
+    assert any("eval" in str(p.parent) for p in logs)
+
+    # Same seed, same numbers.
+    r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+            "--out", str(tmp_path / "again.json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["groups"]["train"]["generated_r1"] == report["groups"]["train"]["generated_r1"]
+    assert again["groups"]["train"]["ssim"] == report["groups"]["train"]["ssim"]
