@@ -174,7 +174,7 @@ class Trainer:
                     self.loss_history.append(loss)
                     self.log_step(loss, float(grad_norm), clock.times, bar)
                     self.maybe_sample_and_checkpoint()
-                    if stop.requested or self.step == stop_at:
+                    if self.step < self.total_steps and (stop.requested or self.step == stop_at):
                         self.save("latest.pt")
                         self.interrupted = True
                         break
@@ -196,8 +196,7 @@ class Trainer:
     @torch.no_grad()
     def update_ema(self) -> None:
         decay = self.cfg.train.ema_decay
-        ema_params = [p for p in self.ema.parameters()]
-        torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1.0 - decay)
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
 
     def log_step(self, loss: float, grad_norm: float, times: dict[str, float], bar) -> None:
         lrs = [group["lr"] for group in self.optimizer.param_groups]

@@ -47,3 +47,8 @@ def test_checkpoint_is_weights_only_and_has_no_text_encoder(tiny_config):
     assert sorted(os.listdir(trainer.exp_dir)) == ["final.pt", "latest.pt"]  # no temp files left behind
     # Everything trainable is saved, nothing else: the saved keys are exactly the model's.
     assert set(state["model"]) == set(trainer.model.state_dict())
+
+
+def test_stop_request_on_the_last_step_is_a_normal_finish(tiny_config):
+    trainer, losses = train_through(tiny_config(**{"train.max_steps": 3}), stop_at=3)
+    assert trainer.step == 3 and len(losses) == 3 and not trainer.interrupted
