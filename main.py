@@ -63,30 +63,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import torch
-
-    from diffusion import GaussianDiffusion
-    from methods.checkpoint import load_checkpoint
-    from methods.sampling import generate, save_gifs
-    from methods.trainer import build_video_model
+    from methods.sampling import generate, load_ema_model, save_gifs
     from models.text_encoder import FrozenTextEncoder
     from utils.device import select_device
 
-    state = load_checkpoint(args.checkpoint)
-    cfg = Config.from_dict(state["config"])
+    device = select_device(args.device)
+    cfg, model, diffusion, _ = load_ema_model(args.checkpoint, device)
     dc = cfg.diffusion
     steps = args.steps or dc.sample_steps
     if not 1 <= steps <= dc.timesteps:
         raise UserError(f"--steps must be in [1, {dc.timesteps}] (the model's diffusion.timesteps)")
     if args.num_samples < 1:
         raise UserError("--num_samples must be >= 1")
-    device = select_device(args.device)
-    model = build_video_model(cfg, state["text_dim"])
-    model.load_state_dict(state["ema"])
-    model.to(device)
     texts = [t for t in args.text for _ in range(args.num_samples)]
     text = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device).encode(texts)
-    diffusion = GaussianDiffusion(dc.schedule, dc.timesteps, dc.prediction)
     guidance = dc.guidance_scale if args.guidance is None else args.guidance
     clips = generate(model, diffusion, text, cfg.data.num_frames, cfg.data.image_size, steps, args.sampler or
                      dc.sampler, dc.eta if args.eta is None else args.eta, guidance, seed=args.seed, device=device,

@@ -120,7 +120,7 @@ def check_text_encoder(name: str, max_length: int):
 
 
 def check_model(cfg, text_dim: int):
-    from methods.trainer import build_video_model
+    from models import build_video_model
 
     torch.manual_seed(cfg.train.seed)
     model = build_video_model(cfg, text_dim)

@@ -18,12 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from config import Config  # noqa: E402
 from dataset import resize_frames, sample_frame_indices  # noqa: E402
-from diffusion import GaussianDiffusion  # noqa: E402
-from methods.checkpoint import load_checkpoint  # noqa: E402
-from methods.sampling import generate  # noqa: E402
-from methods.trainer import build_video_model  # noqa: E402
+from methods.sampling import generate, load_ema_model  # noqa: E402
 from models.text_encoder import FrozenTextEncoder  # noqa: E402
 from utils.synth import VOCAB, render_clip, sample_captions  # noqa: E402
 
@@ -43,10 +39,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--png", default=None, help="write a real|generated frame grid here")
     args = p.parse_args()
-    state = load_checkpoint(args.checkpoint)
-    cfg = Config.from_dict(state["config"])
-    model = build_video_model(cfg, state["text_dim"])
-    model.load_state_dict(state["ema"])
+    cfg, model, diffusion, _ = load_ema_model(args.checkpoint)
     singles = [(w,) for w in VOCAB]
     multi = [c for c in sample_captions(400, args.seed) if len(c) > 1]
     rng = np.random.default_rng(args.seed)
@@ -56,7 +49,7 @@ def main() -> None:
     texts = [" ".join(c) for c in captions]
     text = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length).encode(texts)
     dc = cfg.diffusion
-    gen = generate(model, GaussianDiffusion(dc.schedule, dc.timesteps, dc.prediction), text, cfg.data.num_frames,
+    gen = generate(model, diffusion, text, cfg.data.num_frames,
                    cfg.data.image_size, args.steps or dc.sample_steps, dc.sampler, dc.eta,
                    dc.guidance_scale if args.guidance is None else args.guidance, seed=args.seed)
     real = np.stack([ground_truth(c, cfg) for c in captions])

@@ -56,6 +56,11 @@ class GaussianDiffusion:
         }
         self._copies: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
+    @classmethod
+    def from_config(cls, dc) -> "GaussianDiffusion":
+        """The process a DiffusionConfig (diffusion section of config.py) describes."""
+        return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma)
+
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.num_timesteps}, "
                 f"prediction={self.prediction!r})")

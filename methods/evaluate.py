@@ -257,10 +257,7 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
 def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", num_captions: int = 32,
              steps: int | None = None, guidance: float | None = None, out: str | None = None,
              evaluator: str | None = None, seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
-    from diffusion import GaussianDiffusion
-    from methods.checkpoint import load_checkpoint
-    from methods.sampling import generate, safe_filename
-    from methods.trainer import build_video_model
+    from methods.sampling import generate, load_ema_model, safe_filename
     from utils.device import select_device
     from utils.gif import write_gif
     from utils.tb_images import clip_grid, upscale
@@ -269,8 +266,8 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
         raise UserError(f"--split must be val or train, got {split!r}")
     if num_captions < 2:
         raise UserError("--num_captions must be >= 2 (retrieval ranks a clip among several captions)")
-    state = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(state["config"])
+    dev = select_device(device)
+    cfg, model, diffusion, state = load_ema_model(checkpoint, dev)
     dc = cfg.diffusion
     steps = steps or dc.sample_steps
     if not 1 <= steps <= dc.timesteps:
@@ -296,11 +293,6 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
     gen_text = embed_captions(cfg.text.encoder, cfg.text.max_length, captions, cfg.data.cache_dir)
     ev_text = ev.encode_text(embed_captions(meta["text_encoder"], meta["max_length"], captions, cfg.data.cache_dir))
 
-    dev = select_device(device)
-    model = build_video_model(cfg, state["text_dim"])
-    model.load_state_dict(state["ema"])
-    model.to(dev)
-    diffusion = GaussianDiffusion(dc.schedule, dc.timesteps, dc.prediction)
     generated = []
     for i in tqdm(range(len(captions)), desc="evaluate", unit="caption", disable=not progress, dynamic_ncols=True,
                   file=sys.stderr):

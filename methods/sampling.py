@@ -7,8 +7,21 @@ import re
 import numpy as np
 import torch
 
+from config import Config
+from diffusion import GaussianDiffusion
+from methods.checkpoint import load_checkpoint
+from models import build_video_model
 from models.text_encoder import TextEmbeddings
 from utils.gif import write_gif
+
+
+def load_ema_model(path: str, device="cpu"):
+    """A checkpoint's config, its EMA weights in eval mode on `device`, its diffusion process, and the raw state."""
+    state = load_checkpoint(path)
+    cfg = Config.from_dict(state["config"])
+    model = build_video_model(cfg, state["text_dim"])
+    model.load_state_dict(state["ema"])
+    return cfg, model.to(device).eval(), GaussianDiffusion.from_config(cfg.diffusion), state
 
 
 @torch.no_grad()

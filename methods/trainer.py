@@ -20,7 +20,7 @@ from dataset import SignDataset
 from diffusion import GaussianDiffusion
 from methods.checkpoint import rng_state, save_checkpoint, set_rng_state
 from methods.sampling import generate, save_gifs
-from models import build_model
+from models import build_video_model
 from models.text_encoder import embed_captions
 from utils.device import autocast, autocast_dtype, select_device
 from utils.errors import UserError
@@ -60,12 +60,6 @@ class StopRequest:
         return False
 
 
-def build_video_model(cfg: Config, text_dim: int):
-    return build_model(cfg.model.arch, cfg.data.image_size, text_dim,
-                       temporal_attention=cfg.model.temporal_attention, cross_attention=cfg.model.cross_attention,
-                       frame_chunk_size=cfg.model.frame_chunk_size, grad_checkpointing=cfg.model.grad_checkpointing)
-
-
 class Trainer:
     """Owns the model, its EMA copy, optimizer, schedule, data order and random streams of one experiment."""
 
@@ -97,8 +91,7 @@ class Trainer:
         self.total_steps = min(limit, tc.max_steps) if tc.max_steps else limit
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, self.total_steps, tc.lr_schedule))
-        dc = cfg.diffusion
-        self.diffusion = GaussianDiffusion(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma)
+        self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         self.generator = torch.Generator().manual_seed(tc.seed)
         self.step = self.epoch = self.batch_in_epoch = 0
         self._order: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its permutation), computed once

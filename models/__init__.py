@@ -1,3 +1,3 @@
-from models.video_dit import DiT_models, VideoDiT, build_model
+from models.video_dit import DiT_models, VideoDiT, build_model, build_video_model
 
-__all__ = ["DiT_models", "VideoDiT", "build_model"]
+__all__ = ["DiT_models", "VideoDiT", "build_model", "build_video_model"]

@@ -165,3 +165,11 @@ class VideoDiT(nn.Module):
 
 def build_model(arch: str, image_size: int, text_dim: int, **kwargs) -> VideoDiT:
     return VideoDiT(image_size=image_size, text_dim=text_dim, **DiT_models[arch], **kwargs)
+
+
+def build_video_model(cfg, text_dim: int) -> VideoDiT:
+    """The VideoDiT a Config describes (cfg.model and cfg.data.image_size)."""
+    m = cfg.model
+    return build_model(m.arch, cfg.data.image_size, text_dim, temporal_attention=m.temporal_attention,
+                       cross_attention=m.cross_attention, frame_chunk_size=m.frame_chunk_size,
+                       grad_checkpointing=m.grad_checkpointing)
