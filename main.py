@@ -108,7 +108,7 @@ def cmd_evaluate(args) -> int:
 
     report = evaluate(args.checkpoint, data_dir=args.data, split=args.split, num_captions=args.num_captions,
                       steps=args.steps, guidance=args.guidance, out=args.out, evaluator=args.evaluator,
-                      seed=args.seed, device=args.device)
+                      seed=args.seed, device=args.device, batch_size=args.batch_size)
     for name, g in report["groups"].items():
         print(f"{name}: R@1 generated {g['generated_r1']:.3f} / real {g['real_r1']:.3f} / chance {g['chance_r1']:.3f} "
               f"({g['num_captions']} captions); Frechet {g['frechet_distance']:.3f}; SSIM {g['ssim']:.3f}; "
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluator", default=None, metavar="PATH", help="default: evaluator.pt next to the checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--batch_size", type=int, default=16,
+                   help="captions sampled at once; speed only, each caption has its own seed")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="print the resolved configuration")

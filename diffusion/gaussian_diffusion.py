@@ -203,23 +203,34 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, model_fn: ModelFn, shape: tuple[int, ...] | torch.Size, steps: int | None = None,
-               sampler: str = "ddim", eta: float = 0.0, generator: torch.Generator | None = None,
+               sampler: str = "ddim", eta: float = 0.0,
+               generator: torch.Generator | list[torch.Generator] | None = None,
                device: torch.device | str = "cpu", clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
         """Draw x0 samples of `shape` (batch first) by running the reverse process from pure noise.
 
         All noise is drawn on CPU from `generator` and then moved, so a seed gives the same samples on any device.
+        A list of generators, one per sample, makes each sample's noise independent of what it is batched with.
         `model_fn(x_t, model_time)` returns the raw network output; classifier-free guidance belongs inside it.
         """
         timesteps = self.sampling_timesteps(steps, sampler)
-        x = torch.randn(shape, generator=generator).to(device)
+        x = draw_noise(shape, generator).to(device)
         needs_noise = sampler == "ddpm" or eta > 0
         for i, step in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t = torch.full((shape[0],), step, dtype=torch.long, device=device)
             model_out = model_fn(x, self.model_time(t))
-            noise = torch.randn(shape, generator=generator).to(device) if needs_noise else None
+            noise = draw_noise(shape, generator).to(device) if needs_noise else None
             if sampler == "ddpm":
                 x = self.ddpm_step(x, t, model_out, noise=noise, clip_x0=clip_x0)
             else:
                 t_prev = torch.full_like(t, timesteps[i + 1] if i + 1 < len(timesteps) else -1)
                 x = self.ddim_step(x, t, t_prev, model_out, eta, noise=noise, clip_x0=clip_x0)
         return x
+
+
+def draw_noise(shape, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise on CPU; with one generator per sample, row i comes from generator i alone."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generator])
+    return torch.randn(shape, generator=generator)

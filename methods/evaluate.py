@@ -256,7 +256,8 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
 
 def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", num_captions: int = 32,
              steps: int | None = None, guidance: float | None = None, out: str | None = None,
-             evaluator: str | None = None, seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
+             evaluator: str | None = None, seed: int = 0, device: str = "auto", progress: bool = True,
+             batch_size: int = 16) -> dict:
     from methods.sampling import generate, load_ema_model, safe_filename
     from utils.device import select_device
     from utils.gif import write_gif
@@ -266,6 +267,8 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
         raise UserError(f"--split must be val or train, got {split!r}")
     if num_captions < 2:
         raise UserError("--num_captions must be >= 2 (retrieval ranks a clip among several captions)")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
     dev = select_device(device)
     cfg, model, diffusion, state = load_ema_model(checkpoint, dev)
     dc = cfg.diffusion
@@ -294,10 +297,14 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
     ev_text = ev.encode_text(embed_captions(meta["text_encoder"], meta["max_length"], captions, cfg.data.cache_dir))
 
     generated = []
-    for i in tqdm(range(len(captions)), desc="evaluate", unit="caption", disable=not progress, dynamic_ncols=True,
-                  file=sys.stderr):
-        generated.append(generate(model, diffusion, gen_text.select(torch.tensor([i])), T, S, steps, dc.sampler,
-                                  dc.eta, guidance, seed=seed + i, device=dev)[0])
+    with tqdm(total=len(captions), desc="evaluate", unit="caption", disable=not progress, dynamic_ncols=True,
+              file=sys.stderr) as bar:
+        for start in range(0, len(captions), batch_size):
+            ids = list(range(start, min(start + batch_size, len(captions))))
+            # Seed per caption, not per batch: the clips do not depend on batch_size.
+            generated.extend(generate(model, diffusion, gen_text.select(torch.tensor(ids)), T, S, steps, dc.sampler,
+                                      dc.eta, guidance, seed=[seed + i for i in ids], device=dev))
+            bar.update(len(ids))
 
     step = int(state.get("step", 0))
     out = out or os.path.join(cfg.train.sample_dir, cfg.train.exp_name, f"eval_step{step:07d}_{split}.json")

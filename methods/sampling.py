@@ -26,9 +26,9 @@ def load_ema_model(path: str, device="cpu"):
 
 @torch.no_grad()
 def generate(model, diffusion, text: TextEmbeddings, num_frames: int, image_size: int, steps: int,
-             sampler: str = "ddim", eta: float = 0.0, guidance_scale: float = 1.0, seed: int = 0,
+             sampler: str = "ddim", eta: float = 0.0, guidance_scale: float = 1.0, seed: int | list[int] = 0,
              device="cpu", progress: bool = False) -> np.ndarray:
-    """One clip per row of `text`: returns uint8 (B, T, H, W, 3)."""
+    """One clip per row of `text`: returns uint8 (B, T, H, W, 3). A list of seeds gives each row its own."""
     model.eval()
     text = text.to(device)
     B = text.pooled.shape[0]
@@ -43,7 +43,10 @@ def generate(model, diffusion, text: TextEmbeddings, num_frames: int, image_size
         cond, uncond = out.float().chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
-    generator = torch.Generator().manual_seed(seed)
+    if isinstance(seed, (list, tuple)):
+        generator = [torch.Generator().manual_seed(s) for s in seed]
+    else:
+        generator = torch.Generator().manual_seed(seed)
     shape = (B, model.in_channels, num_frames, image_size, image_size)
     x0 = diffusion.sample(model_fn, shape, steps=steps if sampler == "ddim" else None, sampler=sampler, eta=eta,
                           generator=generator, device=device, progress=progress)

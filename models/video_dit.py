@@ -18,6 +18,8 @@ from models.blocks import (Attention, CrossAttention, DiTBlock, FinalLayer, Patc
 # Named sizes, like DiT's DiT_models; TinyDiT-D14/2 is TinyFusion's pruned 14-block DiT-XL/2.
 DiT_models: dict[str, dict[str, int]] = {
     "TinyDiT-D14/2": dict(depth=14, hidden_size=1152, patch_size=2, num_heads=16),
+    "DiT-S/4": dict(depth=12, hidden_size=384, patch_size=4, num_heads=6),
+    "DiT-Demo-L/4": dict(depth=6, hidden_size=256, patch_size=4, num_heads=4),
     "DiT-Demo/4": dict(depth=4, hidden_size=128, patch_size=4, num_heads=4),
     "DiT-Test/4": dict(depth=2, hidden_size=32, patch_size=4, num_heads=2),
 }

@@ -177,6 +177,20 @@ def test_sample_is_deterministic_per_seed():
         assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_per_sample_generators_make_each_sample_independent_of_its_batch():
+    d = GaussianDiffusion("cosine", 50)
+    model_fn = lambda x_t, model_time: 0.1 * x_t  # noqa: E731
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    for kwargs in ({"steps": 5}, {"sampler": "ddpm"}):
+        both = d.sample(model_fn, (2, 3, 4), generator=gens(3, 4), **kwargs)
+        alone = d.sample(model_fn, (1, 3, 4), generator=gens(4), **kwargs)
+        single = d.sample(model_fn, (1, 3, 4), generator=torch.Generator().manual_seed(4), **kwargs)
+        torch.testing.assert_close(both[1:], alone, rtol=0, atol=0)
+        torch.testing.assert_close(alone, single, rtol=0, atol=0)  # one generator per row == that seed alone
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        d.sample(model_fn, (3, 4), generator=gens(1, 2))
+
+
 def test_sample_rejects_bad_steps():
     d = GaussianDiffusion("cosine", 50)
     model_fn = lambda x_t, model_time: x_t  # noqa: E731

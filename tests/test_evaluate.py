@@ -212,3 +212,12 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder):
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["groups"]["train"]["generated_r1"] == report["groups"]["train"]["generated_r1"]
     assert again["groups"]["train"]["ssim"] == report["groups"]["train"]["ssim"]
+
+    # Batching is speed only: every caption keeps its own seed.
+    r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+            "--batch_size", "1", "--out", str(tmp_path / "one.json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    one = json.loads((tmp_path / "one.json").read_text())
+    for group in ("train", "heldout"):
+        for key in ("generated_r1", "ssim", "psnr", "frechet_distance"):
+            assert one["groups"][group][key] == pytest.approx(report["groups"][group][key], abs=1e-4), (group, key)
