@@ -32,8 +32,8 @@ def launch(name: str, overrides: list[str], out_dir: str, preset: str) -> subpro
            "--set", f"train.exp_name=scale_{name}"]
     for o in overrides:
         cmd += ["--set", o]
-    log = open(os.path.join(out_dir, f"{name}.log"), "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    with open(os.path.join(out_dir, f"{name}.log"), "w") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def last_checkpoint(name: str) -> str | None:
