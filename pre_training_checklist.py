@@ -21,7 +21,6 @@ Checks, in order (each is a function below that takes what it inspects, so tests
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -177,12 +176,6 @@ def check_output_dirs(folders: list[str]):
     return PASS, "writable: " + ", ".join(folders)
 
 
-def planned_steps(cfg, n_clips_train: int) -> int:
-    tc = cfg.train
-    limit = math.ceil(tc.epochs * math.ceil(n_clips_train / tc.batch_size) / tc.grad_accum)
-    return min(limit, tc.max_steps) if tc.max_steps else limit
-
-
 def check_disk(folder: str, n_params: int, steps: int, checkpoint_every: int):
     size = n_params * BYTES_PER_PARAM_CHECKPOINT
     kept = steps // checkpoint_every + 2  # step_N.pt files, latest.pt, final.pt
@@ -271,8 +264,10 @@ def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
     out_dirs = [os.path.join(tc.checkpoint_dir, tc.exp_name), os.path.join(tc.sample_dir, tc.exp_name), dc.cache_dir]
     checks.run("output directories", check_output_dirs, out_dirs)
     if model is not None:
+        from methods.trainer import planned_steps
+
         n_params = sum(p.numel() for p in model.parameters())
-        checks.run("disk space", check_disk, tc.checkpoint_dir, n_params, planned_steps(cfg, max(n_train, 1)),
+        checks.run("disk space", check_disk, tc.checkpoint_dir, n_params, planned_steps(tc, max(n_train, 1)),
                    tc.checkpoint_every)
     if tc.tensorboard:
         checks.run("TensorBoard", check_tensorboard, os.path.join(tc.log_dir, tc.exp_name))

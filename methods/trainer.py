@@ -28,6 +28,12 @@ from utils.tb_logger import TBLogger, new_run_dir
 from utils.train_stats import StepClock
 
 
+def planned_steps(tc, num_clips: int) -> int:
+    """Optimizer steps a run of `num_clips` training clips will take: train.epochs, capped by train.max_steps."""
+    limit = math.ceil(tc.epochs * math.ceil(num_clips / tc.batch_size) / tc.grad_accum)
+    return min(limit, tc.max_steps) if tc.max_steps else limit
+
+
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
     """Linear warmup to 1, then constant or cosine decay to 0 at `total` optimizer steps."""
     if step < warmup:
@@ -87,8 +93,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.batches_per_epoch = math.ceil(len(self.data) / tc.batch_size)
-        limit = math.ceil(tc.epochs * self.batches_per_epoch / tc.grad_accum)
-        self.total_steps = min(limit, tc.max_steps) if tc.max_steps else limit
+        self.total_steps = planned_steps(tc, len(self.data))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, self.total_steps, tc.lr_schedule))
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
