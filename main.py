@@ -63,21 +63,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from methods.sampling import generate, load_ema_model, save_gifs
+    from methods.sampling import generate, load_ema_model, sampling_settings, save_gifs
     from models.text_encoder import FrozenTextEncoder
     from utils.device import select_device
 
     device = select_device(args.device)
     cfg, model, diffusion, _ = load_ema_model(args.checkpoint, device)
     dc = cfg.diffusion
-    steps = args.steps or dc.sample_steps
-    if not 1 <= steps <= dc.timesteps:
-        raise UserError(f"--steps must be in [1, {dc.timesteps}] (the model's diffusion.timesteps)")
+    steps, guidance = sampling_settings(dc, args.steps, args.guidance)
     if args.num_samples < 1:
         raise UserError("--num_samples must be >= 1")
     texts = [t for t in args.text for _ in range(args.num_samples)]
     text = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device).encode(texts)
-    guidance = dc.guidance_scale if args.guidance is None else args.guidance
     clips = generate(model, diffusion, text, cfg.data.num_frames, cfg.data.image_size, steps, args.sampler or
                      dc.sampler, dc.eta if args.eta is None else args.eta, guidance, seed=args.seed, device=device,
                      progress=True)

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dataset import resize_frames, sample_frame_indices  # noqa: E402
-from methods.sampling import generate, load_ema_model  # noqa: E402
+from methods.sampling import generate, load_ema_model, sampling_settings  # noqa: E402
 from models.text_encoder import FrozenTextEncoder  # noqa: E402
 from utils.synth import VOCAB, render_clip, sample_captions  # noqa: E402
 
@@ -49,9 +49,9 @@ def main() -> None:
     texts = [" ".join(c) for c in captions]
     text = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length).encode(texts)
     dc = cfg.diffusion
-    gen = generate(model, diffusion, text, cfg.data.num_frames,
-                   cfg.data.image_size, args.steps or dc.sample_steps, dc.sampler, dc.eta,
-                   dc.guidance_scale if args.guidance is None else args.guidance, seed=args.seed)
+    steps, guidance = sampling_settings(dc, args.steps, args.guidance)
+    gen = generate(model, diffusion, text, cfg.data.num_frames, cfg.data.image_size, steps, dc.sampler, dc.eta,
+                   guidance, seed=args.seed)
     real = np.stack([ground_truth(c, cfg) for c in captions])
     dist = ((gen[:, None].astype(np.float32) - real[None].astype(np.float32)) ** 2).mean(axis=(2, 3, 4, 5))
     hits = dist.argmin(axis=1) == np.arange(len(captions))

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from config import Config
 from dataset import SignDataset, find_pairs, split_of
 from methods.trainer import lr_factor
-from models.evaluator import (Evaluator, augment, clips_to_input, info_nce, load_evaluator, save_evaluator,
-                              segment_shuffle)
+from models.evaluator import (Evaluator, augment, clips_to_input, info_nce, load_evaluator, reorderings,
+                              save_evaluator, segment_shuffle)
 from models.text_encoder import embed_captions
 from utils.errors import UserError
 
@@ -103,9 +103,9 @@ def score_clips(ev: Evaluator, text: torch.Tensor, real, generated) -> dict:
     """Metrics of clip i (generated / real, uint8 (K, T, H, W, 3)) against caption i; text = (K, D) embeddings."""
     K, T = len(real), np.asarray(real).shape[1]
     real_emb, gen_emb = ev.encode_clips(real), ev.encode_clips(generated)
-    ranks = {"real": retrieval_ranks(real_emb, text), "generated": retrieval_ranks(gen_emb, text),
-             "real_reversed": retrieval_ranks(ev.encode_clips(real, order=torch.arange(T - 1, -1, -1)), text),
-             "real_shuffled": retrieval_ranks(ev.encode_clips(real, order=segment_shuffle(T, 0)), text)}
+    ranks = {"real": retrieval_ranks(real_emb, text), "generated": retrieval_ranks(gen_emb, text)}
+    for name, order in reorderings(T).items():
+        ranks[f"real_{name}"] = retrieval_ranks(ev.encode_clips(real, order=order), text)
     out = {"num_captions": K, "chance_r1": 1 / K, "chance_r5": min(5, K) / K}
     for name, r in ranks.items():
         out[f"{name}_r1"], out[f"{name}_r5"] = recall(r, 1), recall(r, 5)
@@ -189,7 +189,7 @@ def check_real(ev: Evaluator, ds: SignDataset, text, row: dict[str, int], k: int
     out = {"num_captions": len(names), "chance_r1": 1 / len(names)}
     true = ev.encode_clips(clips)
     out["r1"] = recall(retrieval_ranks(true, emb), 1)
-    for name, order in (("reversed", torch.arange(T - 1, -1, -1)), ("shuffled", segment_shuffle(T, 0))):
+    for name, order in reorderings(T).items():
         moved = ev.encode_clips(clips, order=order)
         out[f"{name}_r1"] = recall(retrieval_ranks(moved, emb), 1)
         out[f"{name}_order_acc"] = float(((true * emb).sum(1) > (moved * emb).sum(1)).float().mean())
@@ -258,7 +258,7 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
              steps: int | None = None, guidance: float | None = None, out: str | None = None,
              evaluator: str | None = None, seed: int = 0, device: str = "auto", progress: bool = True,
              batch_size: int = 16) -> dict:
-    from methods.sampling import generate, load_ema_model, safe_filename
+    from methods.sampling import generate, load_ema_model, safe_filename, sampling_settings
     from utils.device import select_device
     from utils.gif import write_gif
     from utils.tb_images import clip_grid, upscale
@@ -272,10 +272,7 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
     dev = select_device(device)
     cfg, model, diffusion, state = load_ema_model(checkpoint, dev)
     dc = cfg.diffusion
-    steps = steps or dc.sample_steps
-    if not 1 <= steps <= dc.timesteps:
-        raise UserError(f"--steps must be in [1, {dc.timesteps}] (the model's diffusion.timesteps)")
-    guidance = dc.guidance_scale if guidance is None else guidance
+    steps, guidance = sampling_settings(dc, steps, guidance)
     if data_dir:
         cfg.data.data_dir = data_dir
     ev_path = evaluator or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), EVALUATOR_FILE)

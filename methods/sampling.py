@@ -12,6 +12,7 @@ from diffusion import GaussianDiffusion
 from methods.checkpoint import load_checkpoint
 from models import build_video_model
 from models.text_encoder import TextEmbeddings
+from utils.errors import UserError
 from utils.gif import write_gif
 
 
@@ -22,6 +23,14 @@ def load_ema_model(path: str, device="cpu"):
     model = build_video_model(cfg, state["text_dim"])
     model.load_state_dict(state["ema"])
     return cfg, model.to(device).eval(), GaussianDiffusion.from_config(cfg.diffusion), state
+
+
+def sampling_settings(dc, steps: int | None, guidance: float | None) -> tuple[int, float]:
+    """A command's --steps / --guidance, defaulting to the checkpoint's DiffusionConfig; bad steps are a UserError."""
+    steps = steps or dc.sample_steps
+    if not 1 <= steps <= dc.timesteps:
+        raise UserError(f"--steps must be in [1, {dc.timesteps}] (the model's diffusion.timesteps)")
+    return steps, dc.guidance_scale if guidance is None else guidance
 
 
 @torch.no_grad()

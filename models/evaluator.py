@@ -174,6 +174,11 @@ def segment_shuffle(num_frames: int, seed: int, segments: int = 4) -> torch.Tens
     return torch.cat([parts[i] for i in perm.tolist()])
 
 
+def reorderings(num_frames: int) -> dict[str, torch.Tensor]:
+    """The fixed frame orders a clip is checked against: played backwards, and in shuffled segments."""
+    return {"reversed": torch.arange(num_frames - 1, -1, -1), "shuffled": segment_shuffle(num_frames, 0)}
+
+
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Per-clip brightness / contrast jitter and pixel noise, so generated clips' artefacts are not out of domain."""
     B = x.shape[0]
