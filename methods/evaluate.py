@@ -258,9 +258,9 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
              steps: int | None = None, guidance: float | None = None, out: str | None = None,
              evaluator: str | None = None, seed: int = 0, device: str = "auto", progress: bool = True,
              batch_size: int = 16) -> dict:
-    from methods.sampling import generate, load_ema_model, safe_filename, sampling_settings
+    from methods.sampling import generate, load_ema_model, sampling_settings
     from utils.device import select_device
-    from utils.gif import write_gif
+    from utils.gif import safe_filename, write_gif
     from utils.tb_images import clip_grid, upscale
 
     if split not in ("val", "train"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import torch
@@ -13,7 +12,7 @@ from methods.checkpoint import load_checkpoint
 from models import build_video_model
 from models.text_encoder import TextEmbeddings
 from utils.errors import UserError
-from utils.gif import write_gif
+from utils.gif import safe_filename, write_gif
 
 
 def load_ema_model(path: str, device="cpu"):
@@ -66,12 +65,6 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     """(B, C, T, H, W) in [-1, 1] -> (B, T, H, W, C) uint8."""
     x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
-def safe_filename(text: str, max_len: int = 60) -> str:
-    """A file-name stem from free text: lowercase letters, digits and '_' only (no path traversal)."""
-    stem = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len].strip("_")
-    return stem or "sample"
 
 
 def save_gifs(clips: np.ndarray, texts: list[str], out_dir: str, suffix: str = "",

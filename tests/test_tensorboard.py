@@ -25,7 +25,8 @@ from tensorboard.backend.event_processing import event_accumulator as ea_mod
 
 from methods.checkpoint import load_checkpoint
 from methods.trainer import Trainer
-from utils.tb_logger import CATEGORIES, slug
+from utils.gif import safe_filename
+from utils.tb_logger import CATEGORIES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "start_tensorboard.sh")
@@ -119,7 +120,7 @@ def test_all_15_categories_real_timesteps_and_animated_samples(tiny_config, monk
 
     # 12: an animated GIF per prompt with the configured number of frames, at the sample steps; caption as text.
     for i, prompt in enumerate(cfg.train.sample_prompts):
-        tag = f"12_Generated_Samples/{i}_{slug(prompt)}"
+        tag = f"12_Generated_Samples/{i}_{safe_filename(prompt, 40)}"
         events = acc.Images(f"{tag}/animated")
         assert [e.step for e in events] == [3, 6]
         gif = decode(events[-1])
@@ -277,7 +278,7 @@ def test_tensorboard_serves_the_run_to_a_headless_browser(tiny_config, tmp_path)
         tags |= set(get_json(f"{base}/data/plugin/text/tags")[run])
         images = get_json(f"{base}/data/plugin/images/tags")[run]
         assert {t.split("/")[0] for t in tags | set(images)} == set(EXPECTED_CATEGORIES)
-        tag = f"12_Generated_Samples/0_{slug(cfg.train.sample_prompts[0])}/animated"
+        tag = f"12_Generated_Samples/0_{safe_filename(cfg.train.sample_prompts[0], 40)}/animated"
         query = urllib.parse.urlencode({"run": run, "tag": tag, "sample": 0})
         meta = get_json(f"{base}/data/plugin/images/images?{query}")
         with urllib.request.urlopen(f"{base}/data/plugin/images/individualImage?{meta[-1]['query']}",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import imageio.v3 as iio
@@ -13,6 +14,12 @@ DEFAULT_DURATION_MS = 100.0
 
 class GifReadError(ValueError):
     """The file could not be decoded as an animated image (corrupt, truncated, empty or not an image)."""
+
+
+def safe_filename(text: str, max_len: int = 60) -> str:
+    """A file-name stem (or tag part) from free text: lowercase letters, digits and '_' only (no path traversal)."""
+    stem = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len].strip("_")
+    return stem or "sample"
 
 
 def read_gif(path: str) -> tuple[np.ndarray, list[float]]:

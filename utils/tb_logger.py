@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import time
 
 import numpy as np
 import torch
 
 from utils import train_stats as ts
+from utils.gif import safe_filename
 from utils.tb_images import clip_grid, frame_strip, gif_bytes, png_bytes, scatter_plot, upscale
 
 CATEGORIES = ("01_Training", "02_Loss_Components", "03_Epoch_Summary", "04_Learning_Rate", "05_Performance",
@@ -46,10 +46,6 @@ def is_main_process() -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0
     return os.environ.get("RANK", "0") == "0"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "sample"
 
 
 class TBLogger:
@@ -246,7 +242,7 @@ class TBLogger:
             return
         with self.timed():
             for i, (clip, prompt) in enumerate(zip(clips, prompts)):
-                tag = f"12_Generated_Samples/{i}_{slug(prompt)}"
+                tag = f"12_Generated_Samples/{i}_{safe_filename(prompt, 40)}"
                 big = upscale(clip, 128)
                 self.image(f"{tag}/animated", step, gif_bytes(big, duration_ms), big.shape[1:])
                 strip = frame_strip(upscale(clip, 48))
