@@ -267,12 +267,13 @@ def load_state_dict_into(model, state: dict[str, torch.Tensor], path: str = "<me
     """Check every tensor against the rules, then copy; the model is untouched when anything does not fit."""
     targets = model.state_dict()  # tensors share storage with the parameters
     report = LoadReport(path, container, file_tensors=len(state))
-    uncovered = [k for k in state if _rule_for(k) is None]
+    rules = {k: _rule_for(k) for k in state}  # (action, rule), or None when no rule or several match
+    uncovered = [k for k, r in rules.items() if r is None]
     if uncovered:
         hint = " (a Text2Sign training checkpoint? use `main.py train --resume`)" if any(
             k.startswith("text_embedder") for k in uncovered) else ""
         raise UserError(f"{path}: {len(uncovered)} tensor(s) match no loading rule: {_listing(uncovered)}{hint}")
-    missing = [k for k in state if _rule_for(k)[0] in ("exact", "adapt") and k not in targets]
+    missing = [k for k in state if rules[k][0] in ("exact", "adapt") and k not in targets]
     if missing:
         raise UserError(f"{path}: tensor(s) not in the model (another depth or architecture?): {_listing(missing)}")
 
@@ -280,7 +281,7 @@ def load_state_dict_into(model, state: dict[str, torch.Tensor], path: str = "<me
     mismatched = []
     latent_channels = state.get("x_embedder.proj.weight", targets["x_embedder.proj.weight"]).shape[1]
     for key, value in state.items():
-        action, rule = _rule_for(key)
+        action, rule = rules[key]
         if action == "exact":
             if value.shape != targets[key].shape:
                 mismatched.append(f"{key} file {_shape(value.shape)} vs model {_shape(targets[key].shape)}")
