@@ -191,6 +191,12 @@ def to_unit_range(clips_u8: torch.Tensor) -> torch.Tensor:
     return x.float().div_(127.5).sub_(1.0)
 
 
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """The inverse of to_unit_range: (B, C, T, H, W) in [-1, 1] -> (B, T, H, W, C) uint8 (values outside clipped)."""
+    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
 class SignDataset(torch.utils.data.Dataset):
     """One split of a GIF + caption folder, fully in memory as uint8.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -21,10 +20,7 @@ from config import build_config  # noqa: E402
 from dataset import SignDataset  # noqa: E402
 from methods.trainer import Trainer  # noqa: E402
 from utils.synth import write_dataset  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+from utils.train_stats import peak_rss_mb  # noqa: E402
 
 
 def main() -> None:

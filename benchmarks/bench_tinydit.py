@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 from collections import defaultdict
@@ -34,6 +33,7 @@ import torch.nn as nn  # noqa: E402
 
 from models import build_model  # noqa: E402
 from models.blocks import Attention, CrossAttention  # noqa: E402
+from utils.train_stats import peak_rss_mb, rss_mb  # noqa: E402
 
 PEAK_FLOPS = {("cpu", "fp32"): 175e9, ("cpu", "bf16"): 501e9, ("cuda", "bf16"): 798e12, ("cuda", "fp32"): 798e12}
 
@@ -85,15 +85,14 @@ def forward_flops(arch: str, batch: int, frames: int, size: int, text_len: int =
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+    return peak_rss_mb() / 1024
 
 
 def current_memory_gb(device: torch.device) -> float:
     """Memory in use now: allocated CUDA memory, or the resident set of this process on CPU."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**30
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return rss_mb() / 1024
 
 
 def sync(device: torch.device) -> None:

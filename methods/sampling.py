@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from config import Config
+from dataset import to_uint8
 from diffusion import GaussianDiffusion
 from methods.checkpoint import load_checkpoint
 from models import build_video_model
@@ -59,12 +60,6 @@ def generate(model, diffusion, text: TextEmbeddings, num_frames: int, image_size
     x0 = diffusion.sample(model_fn, shape, steps=steps if sampler == "ddim" else None, sampler=sampler, eta=eta,
                           generator=generator, device=device, progress=progress)
     return to_uint8(x0)
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(B, C, T, H, W) in [-1, 1] -> (B, T, H, W, C) uint8."""
-    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 def save_gifs(clips: np.ndarray, texts: list[str], out_dir: str, suffix: str = "",

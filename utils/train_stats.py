@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dataset import to_uint8
+
 
 class StepClock:
     """Wall time of one optimizer step split into named phases: mark(name) adds the time since the last mark."""
@@ -131,12 +133,6 @@ def noise_stats(diffusion, out: dict) -> dict[str, float]:
     return dict(zip(values, torch.stack(list(values.values())).tolist()))
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(B, C, T, H, W) in [-1, 1] -> (B, T, H, W, C) uint8 (values outside are clipped)."""
-    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
 @torch.no_grad()
 def denoise_panels(model, diffusion, x0: torch.Tensor, text, seed: int, n_t: int = 4) -> dict:
     """Noise one clip x0 (1, C, T, H, W) to a few t and let the model predict x0 back (eval mode, own RNG).
@@ -162,7 +158,8 @@ def denoise_panels(model, diffusion, x0: torch.Tensor, text, seed: int, n_t: int
 
 # ----- system -----
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """Resident memory of this process now (MiB)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -171,13 +168,14 @@ def _rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS reports bytes, Linux KiB
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:
     """Current process memory and the accelerator's, in MiB (keys present only where they apply)."""
-    out = {"cpu_rss_mb": _rss_mb(), "cpu_peak_rss_mb": peak_rss_mb()}
+    out = {"cpu_rss_mb": rss_mb(), "cpu_peak_rss_mb": peak_rss_mb()}
     if device.type == "cuda":
         out.update(gpu_allocated_mb=torch.cuda.memory_allocated(device) / 2**20,
                    gpu_reserved_mb=torch.cuda.memory_reserved(device) / 2**20,
