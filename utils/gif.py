@@ -1,12 +1,14 @@
-"""Animated GIF reading and writing with imageio (v3 API, Pillow plugin)."""
+"""Animated GIF reading (imageio v3 API, Pillow plugin) and writing (Pillow)."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
 
 import imageio.v3 as iio
 import numpy as np
+from PIL import Image
 
 # Browsers play GIF frames with no delay or a delay of <= 10 ms at 100 ms; we read durations the same way.
 DEFAULT_DURATION_MS = 100.0
@@ -56,6 +58,14 @@ def read_gif(path: str) -> tuple[np.ndarray, list[float]]:
     return rgb, durations
 
 
+def gif_bytes(frames: np.ndarray, duration_ms: int = 100) -> bytes:
+    """(T, H, W, 3) uint8 -> a looping animated GIF, in memory. Pillow merges identical consecutive frames."""
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    return buf.getvalue()
+
+
 def write_gif(path: str, frames: np.ndarray, duration_ms: int = 100) -> None:
     """Write (T, H, W, 3) uint8 frames as a looping GIF, atomically (temp file + rename)."""
     frames = np.asarray(frames)
@@ -64,9 +74,9 @@ def write_gif(path: str, frames: np.ndarray, duration_ms: int = 100) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".gif", dir=folder)
-    os.close(fd)
     try:
-        iio.imwrite(tmp, frames, extension=".gif", duration=duration_ms, loop=0)
+        with os.fdopen(fd, "wb") as f:
+            f.write(gif_bytes(frames, duration_ms))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a GIF should be as readable as any new file

@@ -12,14 +12,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-def gif_bytes(frames: np.ndarray, duration_ms: int = 100) -> bytes:
-    """(T, H, W, 3) uint8 -> a looping animated GIF, in memory. Pillow merges identical consecutive frames."""
-    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
-    return buf.getvalue()
-
-
 def png_bytes(image: np.ndarray) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes."""
     buf = io.BytesIO()

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from utils import train_stats as ts
-from utils.gif import safe_filename
-from utils.tb_images import clip_grid, frame_strip, gif_bytes, png_bytes, scatter_plot, upscale
+from utils.gif import gif_bytes, safe_filename
+from utils.tb_images import clip_grid, frame_strip, png_bytes, scatter_plot, upscale
 
 CATEGORIES = ("01_Training", "02_Loss_Components", "03_Epoch_Summary", "04_Learning_Rate", "05_Performance",
               "06_Diffusion", "07_Noise_Analysis", "08_Model_Architecture", "09_Parameter_Stats",
