@@ -105,12 +105,13 @@ def cmd_evaluate(args) -> int:
 
     report = evaluate(args.checkpoint, data_dir=args.data, split=args.split, num_captions=args.num_captions,
                       steps=args.steps, guidance=args.guidance, out=args.out, evaluator=args.evaluator,
-                      seed=args.seed, device=args.device, batch_size=args.batch_size)
+                      seed=args.seed, device=args.device, batch_size=args.batch_size, samples=args.samples)
     for name, g in report["groups"].items():
-        print(f"{name}: R@1 generated {g['generated_r1']:.3f} / real {g['real_r1']:.3f} / chance {g['chance_r1']:.3f} "
-              f"({g['num_captions']} captions); Frechet {g['frechet_distance']:.3f}; SSIM {g['ssim']:.3f}; "
-              f"PSNR {g['psnr']:.2f} dB; frame change {g['temporal_change_generated']:.2f} vs real "
-              f"{g['temporal_change_real']:.2f}", file=sys.stderr)
+        se = f" ± {g['generated_r1_se']:.3f}" if g["generated_r1_se"] is not None else ""
+        print(f"{name}: R@1 generated {g['generated_r1']:.3f}{se} / real {g['real_r1']:.3f} / chance "
+              f"{g['chance_r1']:.3f} ({g['num_captions']} captions x {g['samples_per_caption']} samples); Frechet "
+              f"{g['frechet_distance']:.3f}; SSIM {g['ssim']:.3f}; PSNR {g['psnr']:.2f} dB; frame change "
+              f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}", file=sys.stderr)
         for part, b in g["by_training"].items():
             print(f"  {part} in training: R@1 generated {b['generated_r1']:.3f} / real {b['real_r1']:.3f} "
                   f"({b['num_captions']} captions)", file=sys.stderr)
@@ -180,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=16,
-                   help="captions sampled at once; speed only, each caption has its own seed")
+                   help="clips sampled at once; speed only, each clip has its own seed")
+    p.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="clips per caption: R@k averages over them and its standard error shrinks")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="print the resolved configuration")

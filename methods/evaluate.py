@@ -4,27 +4,27 @@ train_evaluator: fits models/evaluator.py (text <-> video matching) on the REAL 
 with time-reversed / segment-shuffled clips and word-reversed captions as extra negatives, and saves it to
 <checkpoint_dir>/<exp>/evaluator.pt with its validation numbers.
 evaluate: for K captions of a split (and of heldout/, the unseen word combinations of the synthetic set), generates
-one clip per caption and reports caption retrieval (R@1, R@5) of generated vs real clips vs chance, the Frechet
-distance in the evaluator's embedding space, SSIM / PSNR against the real clip of the same caption and the mean
-frame-to-frame change; writes a JSON, TensorBoard scalars and one real | generated GIF grid per caption.
+N clips per caption (--samples) and reports caption retrieval (R@1 with its standard error, R@5) of generated vs real
+clips vs chance, the Frechet distance in the evaluator's embedding space, SSIM / PSNR against the real clip of the
+same caption and the mean frame-to-frame change (metrics in methods/metrics.py); writes a JSON, TensorBoard scalars
+and one real | generated GIF grid per caption.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
 import json
-import math
 import os
 import sys
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import Config
 from dataset import SignDataset, find_pairs, split_of
+from methods.metrics import recall, retrieval_ranks, score_clips, seen_unseen
 from methods.trainer import lr_factor
 from models.evaluator import (Evaluator, augment, clips_to_input, info_nce, load_evaluator, reorderings,
                               save_evaluator, segment_shuffle)
@@ -32,111 +32,8 @@ from models.text_encoder import embed_captions
 from utils.errors import UserError
 
 EVALUATOR_FILE = "evaluator.pt"
+SAMPLE_SEED_STRIDE = 1_000_003  # sample j of caption i draws its noise from seed + i + j * stride: sample 0 = seed + i
 WEIGHT_DECAY = 0.01  # AdamW decay of the evaluator (small model, many steps over few clips)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Metrics (numpy / torch only)
-
-
-def retrieval_ranks(video: torch.Tensor, text: torch.Tensor) -> np.ndarray:
-    """Rank (0 = first) of caption i for clip i among all K captions; ties count against the clip."""
-    sims = video @ text.T  # (K, K)
-    return ((sims >= sims.diag()[:, None]).sum(1) - 1).numpy()
-
-
-def recall(ranks: np.ndarray, k: int) -> float:
-    return float((ranks < k).mean())
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2) between feature sets (N, D); sqrt via eigendecompositions.
-
-    tr((S_a S_b)^1/2) = sum of sqrt(eigenvalues of S_a^1/2 S_b S_a^1/2), a symmetric PSD matrix."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("the Frechet distance needs >= 2 samples per set")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    w, v = np.linalg.eigh(s_a)
-    root_a = (v * np.sqrt(w.clip(min=0))) @ v.T
-    m = root_a @ s_b @ root_a
-    cross = np.sqrt(np.linalg.eigvalsh((m + m.T) / 2).clip(min=0)).sum()
-    return max(0.0, float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross))
-
-
-def ssim(x, y, data_range: float = 255.0, win: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, 'valid' borders as in the
-    reference MATLAB code) of image pairs (N, H, W, C), averaged over channels: (N,). Images smaller than the
-    window use a window of their size."""
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float64).permute(0, 3, 1, 2)
-    y = torch.as_tensor(np.asarray(y), dtype=torch.float64).permute(0, 3, 1, 2)
-    win = min(win, x.shape[-1], x.shape[-2])
-    g = torch.exp(-((torch.arange(win, dtype=torch.float64) - (win - 1) / 2) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
-    c = x.shape[1]
-
-    def filt(img):  # separable Gaussian, per channel, valid
-        img = F.conv2d(img, g.view(1, 1, 1, win).expand(c, 1, 1, win), groups=c)
-        return F.conv2d(img, g.view(1, 1, win, 1).expand(c, 1, win, 1), groups=c)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = filt(x), filt(y)
-    vx, vy, cxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3)).numpy()
-
-
-def psnr(x, y, data_range: float = 255.0, cap: float = 100.0) -> float:
-    """PSNR in dB over all pixels of two arrays; identical inputs give `cap` (JSON has no infinity)."""
-    mse = float(np.mean((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
-    return cap if mse == 0 else min(cap, 10 * math.log10(data_range**2 / mse))
-
-
-def temporal_change(clip) -> float:
-    """Mean absolute frame-to-frame pixel change (0..255) of a clip (T, H, W, C): ~0 frozen, high = flicker."""
-    clip = np.asarray(clip, np.float32)
-    return float(np.abs(np.diff(clip, axis=0)).mean()) if len(clip) > 1 else 0.0
-
-
-def score_clips(ev: Evaluator, text: torch.Tensor, real, generated) -> dict:
-    """Metrics of clip i (generated / real, uint8 (K, T, H, W, 3)) against caption i; text = (K, D) embeddings."""
-    K, T = len(real), np.asarray(real).shape[1]
-    real_emb, gen_emb = ev.encode_clips(real), ev.encode_clips(generated)
-    ranks = {"real": retrieval_ranks(real_emb, text), "generated": retrieval_ranks(gen_emb, text)}
-    for name, order in reorderings(T).items():
-        ranks[f"real_{name}"] = retrieval_ranks(ev.encode_clips(real, order=order), text)
-    out = {"num_captions": K, "chance_r1": 1 / K, "chance_r5": min(5, K) / K}
-    for name, r in ranks.items():
-        out[f"{name}_r1"], out[f"{name}_r5"] = recall(r, 1), recall(r, 5)
-    for k in ("r1", "r5"):
-        out[f"{k}_ratio"] = out[f"generated_{k}"] / out[f"real_{k}"] if out[f"real_{k}"] else None
-    out["true_caption_similarity"] = {name: float((emb * text).sum(1).mean()) for name, emb in
-                                      (("real", real_emb), ("generated", gen_emb))}
-    out["frechet_distance"] = frechet_distance(gen_emb.numpy(), real_emb.numpy())
-    ssims = [float(ssim(g, r).mean()) for g, r in zip(generated, real)]
-    psnrs = [psnr(g, r) for g, r in zip(generated, real)]
-    change = np.array([[temporal_change(g), temporal_change(r)] for g, r in zip(generated, real)])
-    out.update(ssim=float(np.mean(ssims)), psnr=float(np.mean(psnrs)),
-               temporal_change_generated=float(change[:, 0].mean()), temporal_change_real=float(change[:, 1].mean()))
-    out["temporal_change_ratio"] = out["temporal_change_generated"] / max(out["temporal_change_real"], 1e-9)
-    out["per_caption"] = [{"real_rank": int(a), "generated_rank": int(b), "ssim": s, "psnr": p} for a, b, s, p in
-                          zip(ranks["real"], ranks["generated"], ssims, psnrs)]
-    return out
-
-
-def seen_unseen(rows: list[dict]) -> dict:
-    """R@1 / R@5 of the captions that occur in the training split ("seen") and of the others ("unseen"), ranked
-    among all K captions of the group."""
-    out = {}
-    for name, keep in (("seen", True), ("unseen", False)):
-        sub = [r for r in rows if r["in_training"] == keep]
-        if sub:
-            out[name] = {"num_captions": len(sub)}
-            for who in ("real", "generated"):
-                ranks = np.array([r[f"{who}_rank"] for r in sub])
-                out[name].update({f"{who}_r1": recall(ranks, 1), f"{who}_r5": recall(ranks, 5)})
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -257,7 +154,7 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
 def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", num_captions: int = 32,
              steps: int | None = None, guidance: float | None = None, out: str | None = None,
              evaluator: str | None = None, seed: int = 0, device: str = "auto", progress: bool = True,
-             batch_size: int = 16) -> dict:
+             batch_size: int = 16, samples: int = 1) -> dict:
     from methods.sampling import generate, load_ema_model, sampling_settings
     from utils.device import select_device
     from utils.gif import safe_filename, write_gif
@@ -269,6 +166,8 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
         raise UserError("--num_captions must be >= 2 (retrieval ranks a clip among several captions)")
     if batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {batch_size}")
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1, got {samples}")
     dev = select_device(device)
     cfg, model, diffusion, state = load_ema_model(checkpoint, dev)
     dc = cfg.diffusion
@@ -293,29 +192,34 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
     gen_text = embed_captions(cfg.text.encoder, cfg.text.max_length, captions, cfg.data.cache_dir)
     ev_text = ev.encode_text(embed_captions(meta["text_encoder"], meta["max_length"], captions, cfg.data.cache_dir))
 
-    generated = []
-    with tqdm(total=len(captions), desc="evaluate", unit="caption", disable=not progress, dynamic_ncols=True,
+    # Jobs (sample j, caption i), batched across captions; each job has its own seed, so the clips do not depend
+    # on batch_size and sample 0 is the clip a --samples 1 run makes.
+    jobs = [(j, i) for j in range(samples) for i in range(len(captions))]
+    clips = []
+    with tqdm(total=len(jobs), desc="evaluate", unit="clip", disable=not progress, dynamic_ncols=True,
               file=sys.stderr) as bar:
-        for start in range(0, len(captions), batch_size):
-            ids = list(range(start, min(start + batch_size, len(captions))))
-            # Seed per caption, not per batch: the clips do not depend on batch_size.
-            generated.extend(generate(model, diffusion, gen_text.select(torch.tensor(ids)), T, S, steps, dc.sampler,
-                                      dc.eta, guidance, seed=[seed + i for i in ids], device=dev))
-            bar.update(len(ids))
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start:start + batch_size]
+            text = gen_text.select(torch.tensor([i for _, i in batch]))
+            clips.extend(generate(model, diffusion, text, T, S, steps, dc.sampler, dc.eta, guidance, device=dev,
+                                  seed=[seed + i + j * SAMPLE_SEED_STRIDE for j, i in batch]))
+            bar.update(len(batch))
+    generated = np.stack(clips).reshape(samples, len(captions), *clips[0].shape)  # (N, all captions, T, H, W, 3)
 
     step = int(state.get("step", 0))
     out = out or os.path.join(cfg.train.sample_dir, cfg.train.exp_name, f"eval_step{step:07d}_{split}.json")
     grid_dir = os.path.splitext(out)[0] + "_grids"
     report = dict(checkpoint=checkpoint, step=step, evaluator=ev_path, data_dir=cfg.data.data_dir, split=split,
-                  steps=steps, guidance=guidance, sampler=dc.sampler, seed=seed, groups={})
+                  steps=steps, guidance=guidance, sampler=dc.sampler, seed=seed, samples_per_caption=samples,
+                  groups={})
     start = 0
     for name, (names, idx) in picks.items():
         ds, k = groups[name], len(names)
-        real, gen = ds.clips[idx].numpy(), np.stack(generated[start:start + k])
+        real, gen = ds.clips[idx].numpy(), generated[:, start:start + k]
         res = score_clips(ev, ev_text[start:start + k], real, gen)
         for n, (c, row) in enumerate(zip(names, res["per_caption"])):
             path = os.path.join(grid_dir, f"{name}_{n:03d}_{safe_filename(c)}.gif")
-            write_gif(path, clip_grid([[upscale(real[n], 64), upscale(gen[n], 64)]]))
+            write_gif(path, clip_grid([[upscale(real[n], 64)] + [upscale(g, 64) for g in gen[:, n]]]))
             row.update(caption=c, in_training=c in seen, grid=path)
         res["by_training"] = seen_unseen(res["per_caption"])
         report["groups"][name] = res
@@ -328,8 +232,8 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
     return report
 
 
-SCALARS = ("real_r1", "real_r5", "generated_r1", "generated_r5", "chance_r1", "r1_ratio", "real_reversed_r1",
-           "frechet_distance", "ssim", "psnr", "temporal_change_generated", "temporal_change_real")
+SCALARS = ("real_r1", "real_r5", "generated_r1", "generated_r5", "generated_r1_se", "chance_r1", "r1_ratio",
+           "real_reversed_r1", "frechet_distance", "ssim", "psnr", "temporal_change_generated", "temporal_change_real")
 
 
 def write_scalars(cfg: Config, state: dict, report: dict) -> str:

@@ -6,11 +6,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from config import build_config
 from conftest import tiny_overrides
-from methods.evaluate import (frechet_distance, heldout_set, pick_captions, psnr, retrieval_ranks, score_clips, ssim,
-                              temporal_change, train_evaluator)
+from methods.evaluate import heldout_set, pick_captions, train_evaluator
+from methods.metrics import frechet_distance, psnr, retrieval_ranks, score_clips, seen_unseen, ssim, temporal_change
 from models.evaluator import load_evaluator, segment_shuffle
 from models.text_encoder import embed_captions
 from test_cli import run, sets
@@ -79,6 +80,17 @@ def test_retrieval_ranks_count_ties_against_the_clip():
     assert retrieval_ranks(video, text).tolist() == [0, 2, 1]  # clip 1 ties captions 1, 2; clip 2 ties 1, 2
 
 
+def test_seen_unseen_averages_every_sample_of_a_caption():
+    rows = [{"real_rank": 0, "generated_ranks": [0, 3], "in_training": True},
+            {"real_rank": 1, "generated_ranks": [0, 0], "in_training": True},
+            {"real_rank": 0, "generated_ranks": [7, 9], "in_training": False}]
+    out = seen_unseen(rows)
+    assert out["seen"] == {"num_captions": 2, "real_r1": 0.5, "real_r5": 1.0, "generated_r1": 0.75,
+                           "generated_r5": 1.0}
+    assert out["unseen"] == {"num_captions": 1, "real_r1": 1.0, "real_r5": 1.0, "generated_r1": 0.0,
+                             "generated_r5": 0.0}
+
+
 def test_segment_shuffle_is_a_reordering():
     for t in (4, 8, 16):
         order = segment_shuffle(t, seed=3)
@@ -141,6 +153,24 @@ def test_text_ignoring_generators_score_near_chance(trained):
     res = score_clips(ev, text, real, perfect)
     assert res["r1_ratio"] >= 0.9 and res["ssim"] > 0.8 and 0.8 < res["temporal_change_ratio"] < 1.25, res
     assert res["frechet_distance"] < score_clips(ev, text, real, fixed)["frechet_distance"]
+
+
+def test_several_samples_per_caption_average_and_give_a_standard_error(trained):
+    cfg, _, ev, meta = trained
+    names, real, text = group_inputs(cfg, ev, meta, heldout_set(cfg.data))
+    wrong = np.roll(real, 1, axis=0)  # clips of the next caption
+    half = np.concatenate([real[: len(real) // 2], wrong[len(real) // 2:]])  # right for the first half only
+    one, other = score_clips(ev, text, real, half), score_clips(ev, text, real, wrong)
+    two = score_clips(ev, text, real, np.stack([half, wrong]))
+    assert (one["samples_per_caption"], two["samples_per_caption"]) == (1, 2)
+    assert two["generated_r1"] == pytest.approx((one["generated_r1"] + other["generated_r1"]) / 2, abs=1e-12)
+    assert two["ssim"] == pytest.approx((one["ssim"] + other["ssim"]) / 2, abs=1e-9)
+    ranks = [[a["generated_ranks"][0], b["generated_ranks"][0]] for a, b in
+             zip(one["per_caption"], other["per_caption"])]
+    assert [row["generated_ranks"] for row in two["per_caption"]] == ranks
+    hits = (np.array(ranks) == 0).mean(1)  # each caption's share of its samples ranked first
+    assert two["generated_r1_se"] == pytest.approx(hits.std(ddof=1) / math.sqrt(len(names)), abs=1e-12)
+    assert 0.05 < two["generated_r1_se"] < 0.2  # about half the captions at 0.5, the rest at 0
 
 
 def test_degraded_but_correct_clips_still_retrieve_their_caption(trained):
@@ -221,3 +251,18 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder):
     for group in ("train", "heldout"):
         for key in ("generated_r1", "ssim", "psnr", "frechet_distance"):
             assert one["groups"][group][key] == pytest.approx(report["groups"][group][key], abs=1e-4), (group, key)
+
+    # Two clips per caption, batched across samples: the first is the clip of a one-sample run; grids show both.
+    r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+            "--samples", "2", "--batch_size", "4", "--out", str(tmp_path / "two.json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["samples_per_caption"] == 2 and "x 2 samples" in r.stderr
+    for group in ("train", "heldout"):
+        rows, first = two["groups"][group]["per_caption"], report["groups"][group]["per_caption"]
+        assert [row["generated_ranks"][0] for row in rows] == [row["generated_ranks"][0] for row in first]
+        assert all(len(row["generated_ranks"]) == 2 for row in rows)
+        with Image.open(rows[0]["grid"]) as grid:
+            assert grid.size == (3 * 64 + 2 * 2, 64)  # real | sample 1 | sample 2
+    r = run("evaluate", "--checkpoint", ckpt, "--samples", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "--samples must be >= 1" in r.stderr and len(r.stderr.strip().splitlines()) == 1

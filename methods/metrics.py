@@ -1,0 +1,125 @@
+"""Metrics of `main.py evaluate`: caption retrieval, Frechet distance, SSIM / PSNR and frame-to-frame change.
+
+numpy / torch only; score_clips combines them for one group of K captions with N generated samples each.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.evaluator import Evaluator, reorderings
+
+def retrieval_ranks(video: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+    """Rank (0 = first) of caption i for clip i among all K captions; ties count against the clip."""
+    sims = video @ text.T  # (K, K)
+    return ((sims >= sims.diag()[:, None]).sum(1) - 1).numpy()
+
+
+def recall(ranks: np.ndarray, k: int) -> float:
+    return float((ranks < k).mean())
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2) between feature sets (N, D); sqrt via eigendecompositions.
+
+    tr((S_a S_b)^1/2) = sum of sqrt(eigenvalues of S_a^1/2 S_b S_a^1/2), a symmetric PSD matrix."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("the Frechet distance needs >= 2 samples per set")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(w.clip(min=0))) @ v.T
+    m = root_a @ s_b @ root_a
+    cross = np.sqrt(np.linalg.eigvalsh((m + m.T) / 2).clip(min=0)).sum()
+    return max(0.0, float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross))
+
+
+def ssim(x, y, data_range: float = 255.0, win: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, 'valid' borders as in the
+    reference MATLAB code) of image pairs (N, H, W, C), averaged over channels: (N,). Images smaller than the
+    window use a window of their size."""
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64).permute(0, 3, 1, 2)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.float64).permute(0, 3, 1, 2)
+    win = min(win, x.shape[-1], x.shape[-2])
+    g = torch.exp(-((torch.arange(win, dtype=torch.float64) - (win - 1) / 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    c = x.shape[1]
+
+    def filt(img):  # separable Gaussian, per channel, valid
+        img = F.conv2d(img, g.view(1, 1, 1, win).expand(c, 1, 1, win), groups=c)
+        return F.conv2d(img, g.view(1, 1, win, 1).expand(c, 1, win, 1), groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = filt(x), filt(y)
+    vx, vy, cxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3)).numpy()
+
+
+def psnr(x, y, data_range: float = 255.0, cap: float = 100.0) -> float:
+    """PSNR in dB over all pixels of two arrays; identical inputs give `cap` (JSON has no infinity)."""
+    mse = float(np.mean((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
+    return cap if mse == 0 else min(cap, 10 * math.log10(data_range**2 / mse))
+
+
+def temporal_change(clip) -> float:
+    """Mean absolute frame-to-frame pixel change (0..255) of a clip (T, H, W, C): ~0 frozen, high = flicker."""
+    clip = np.asarray(clip, np.float32)
+    return float(np.abs(np.diff(clip, axis=0)).mean()) if len(clip) > 1 else 0.0
+
+
+def score_clips(ev: Evaluator, text: torch.Tensor, real, generated) -> dict:
+    """Metrics of K real clips and their generated samples against their K captions (text: (K, D) embeddings).
+
+    real: uint8 (K, T, H, W, 3); generated: (K, T, H, W, 3) or N samples per caption (N, K, T, H, W, 3). Every
+    generated clip is ranked among the K captions; R@k and the image metrics average over all N*K clips, and
+    generated_r1_se is the standard error of R@1 over the K captions (each caption's share of its N samples that
+    rank first), which is what tells a real difference from a lucky draw."""
+    real, generated = np.asarray(real), np.asarray(generated)
+    if generated.ndim == real.ndim:
+        generated = generated[None]
+    N, K, T = generated.shape[0], len(real), real.shape[1]
+    real_emb = ev.encode_clips(real)
+    gen_emb = torch.stack([ev.encode_clips(g) for g in generated])  # (N, K, D)
+    ranks = {"real": retrieval_ranks(real_emb, text)}
+    for name, order in reorderings(T).items():
+        ranks[f"real_{name}"] = retrieval_ranks(ev.encode_clips(real, order=order), text)
+    gen_ranks = np.stack([retrieval_ranks(e, text) for e in gen_emb], axis=1)  # (K, N)
+    ranks["generated"] = gen_ranks
+    out = {"num_captions": K, "samples_per_caption": N, "chance_r1": 1 / K, "chance_r5": min(5, K) / K}
+    for name, r in ranks.items():
+        out[f"{name}_r1"], out[f"{name}_r5"] = recall(r, 1), recall(r, 5)
+    hits = (gen_ranks < 1).mean(1)  # (K,)
+    out["generated_r1_se"] = float(hits.std(ddof=1) / math.sqrt(K)) if K > 1 else None
+    for k in ("r1", "r5"):
+        out[f"{k}_ratio"] = out[f"generated_{k}"] / out[f"real_{k}"] if out[f"real_{k}"] else None
+    out["true_caption_similarity"] = {"real": float((real_emb * text).sum(1).mean()),
+                                      "generated": float((gen_emb * text).sum(-1).mean())}
+    out["frechet_distance"] = frechet_distance(gen_emb.flatten(0, 1).numpy(), real_emb.numpy())
+    ssims = np.array([[float(ssim(g, r).mean()) for g in generated[:, i]] for i, r in enumerate(real)])  # (K, N)
+    psnrs = np.array([[psnr(g, r) for g in generated[:, i]] for i, r in enumerate(real)])
+    change_gen = np.array([[temporal_change(g) for g in sample] for sample in generated])
+    out.update(ssim=float(ssims.mean()), psnr=float(psnrs.mean()), temporal_change_generated=float(change_gen.mean()),
+               temporal_change_real=float(np.mean([temporal_change(r) for r in real])))
+    out["temporal_change_ratio"] = out["temporal_change_generated"] / max(out["temporal_change_real"], 1e-9)
+    out["per_caption"] = [{"real_rank": int(a), "generated_ranks": [int(x) for x in b], "ssim": float(s.mean()),
+                           "psnr": float(q.mean())} for a, b, s, q in zip(ranks["real"], gen_ranks, ssims, psnrs)]
+    return out
+
+
+def seen_unseen(rows: list[dict]) -> dict:
+    """R@1 / R@5 of the captions that occur in the training split ("seen") and of the others ("unseen"), ranked
+    among all K captions of the group; generated R@k averages over each caption's samples."""
+    out = {}
+    for name, keep in (("seen", True), ("unseen", False)):
+        sub = [r for r in rows if r["in_training"] == keep]
+        if sub:
+            real = np.array([r["real_rank"] for r in sub])
+            gen = np.array([r["generated_ranks"] for r in sub])  # (k, N)
+            out[name] = {"num_captions": len(sub), "real_r1": recall(real, 1), "real_r5": recall(real, 5),
+                         "generated_r1": recall(gen, 1), "generated_r5": recall(gen, 5)}
+    return out
