@@ -216,11 +216,11 @@ def evaluate(checkpoint: str, data_dir: str | None = None, split: str = "val", n
     for name, (names, idx) in picks.items():
         ds, k = groups[name], len(names)
         real, gen = ds.clips[idx].numpy(), generated[:, start:start + k]
-        res = score_clips(ev, ev_text[start:start + k], real, gen)
+        res = score_clips(ev, ev_text[start:start + k], real, gen, names)
         for n, (c, row) in enumerate(zip(names, res["per_caption"])):
             path = os.path.join(grid_dir, f"{name}_{n:03d}_{safe_filename(c)}.gif")
             write_gif(path, clip_grid([[upscale(real[n], 64)] + [upscale(g, 64) for g in gen[:, n]]]))
-            row.update(caption=c, in_training=c in seen, grid=path)
+            row.update(in_training=c in seen, grid=path)
         res["by_training"] = seen_unseen(res["per_caption"])
         report["groups"][name] = res
         start += k

@@ -72,13 +72,14 @@ def temporal_change(clip) -> float:
     return float(np.abs(np.diff(clip, axis=0)).mean()) if len(clip) > 1 else 0.0
 
 
-def score_clips(ev: Evaluator, text: torch.Tensor, real, generated) -> dict:
+def score_clips(ev: Evaluator, text: torch.Tensor, real, generated, captions: list[str] | None = None) -> dict:
     """Metrics of K real clips and their generated samples against their K captions (text: (K, D) embeddings).
 
     real: uint8 (K, T, H, W, 3); generated: (K, T, H, W, 3) or N samples per caption (N, K, T, H, W, 3). Every
     generated clip is ranked among the K captions; R@k and the image metrics average over all N*K clips, and
     generated_r1_se is the standard error of R@1 over the K captions (each caption's share of its N samples that
-    rank first), which is what tells a real difference from a lucky draw."""
+    rank first), which is what tells a real difference from a lucky draw. With `captions` (the K strings), each
+    per-caption row also names the caption each generated sample was retrieved as."""
     real, generated = np.asarray(real), np.asarray(generated)
     if generated.ndim == real.ndim:
         generated = generated[None]
@@ -89,6 +90,7 @@ def score_clips(ev: Evaluator, text: torch.Tensor, real, generated) -> dict:
     for name, order in reorderings(T).items():
         ranks[f"real_{name}"] = retrieval_ranks(ev.encode_clips(real, order=order), text)
     gen_ranks = np.stack([retrieval_ranks(e, text) for e in gen_emb], axis=1)  # (K, N)
+    top = (gen_emb @ text.T).argmax(-1).T.numpy()  # (K, N): the caption each sample is closest to
     ranks["generated"] = gen_ranks
     out = {"num_captions": K, "samples_per_caption": N, "chance_r1": 1 / K, "chance_r5": min(5, K) / K}
     for name, r in ranks.items():
@@ -108,6 +110,9 @@ def score_clips(ev: Evaluator, text: torch.Tensor, real, generated) -> dict:
     out["temporal_change_ratio"] = out["temporal_change_generated"] / max(out["temporal_change_real"], 1e-9)
     out["per_caption"] = [{"real_rank": int(a), "generated_ranks": [int(x) for x in b], "ssim": float(s.mean()),
                            "psnr": float(q.mean())} for a, b, s, q in zip(ranks["real"], gen_ranks, ssims, psnrs)]
+    if captions is not None:
+        for row, c, t in zip(out["per_caption"], captions, top):
+            row.update(caption=c, retrieved_as=[captions[i] for i in t])
     return out
 
 

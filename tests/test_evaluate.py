@@ -161,7 +161,7 @@ def test_several_samples_per_caption_average_and_give_a_standard_error(trained):
     wrong = np.roll(real, 1, axis=0)  # clips of the next caption
     half = np.concatenate([real[: len(real) // 2], wrong[len(real) // 2:]])  # right for the first half only
     one, other = score_clips(ev, text, real, half), score_clips(ev, text, real, wrong)
-    two = score_clips(ev, text, real, np.stack([half, wrong]))
+    two = score_clips(ev, text, real, np.stack([half, wrong]), names)
     assert (one["samples_per_caption"], two["samples_per_caption"]) == (1, 2)
     assert two["generated_r1"] == pytest.approx((one["generated_r1"] + other["generated_r1"]) / 2, abs=1e-12)
     assert two["ssim"] == pytest.approx((one["ssim"] + other["ssim"]) / 2, abs=1e-9)
@@ -171,6 +171,10 @@ def test_several_samples_per_caption_average_and_give_a_standard_error(trained):
     hits = (np.array(ranks) == 0).mean(1)  # each caption's share of its samples ranked first
     assert two["generated_r1_se"] == pytest.approx(hits.std(ddof=1) / math.sqrt(len(names)), abs=1e-12)
     assert 0.05 < two["generated_r1_se"] < 0.2  # about half the captions at 0.5, the rest at 0
+    for row, caption in zip(two["per_caption"], names):
+        assert row["caption"] == caption and len(row["retrieved_as"]) == 2
+        assert [r == caption for r in row["retrieved_as"]] == [rank == 0 for rank in row["generated_ranks"]]
+    assert "retrieved_as" not in one["per_caption"][0]  # only when the captions are given
 
 
 def test_degraded_but_correct_clips_still_retrieve_their_caption(trained):
@@ -261,7 +265,7 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder):
     for group in ("train", "heldout"):
         rows, first = two["groups"][group]["per_caption"], report["groups"][group]["per_caption"]
         assert [row["generated_ranks"][0] for row in rows] == [row["generated_ranks"][0] for row in first]
-        assert all(len(row["generated_ranks"]) == 2 for row in rows)
+        assert all(len(row["generated_ranks"]) == len(row["retrieved_as"]) == 2 for row in rows)
         with Image.open(rows[0]["grid"]) as grid:
             assert grid.size == (3 * 64 + 2 * 2, 64)  # real | sample 1 | sample 2
     r = run("evaluate", "--checkpoint", ckpt, "--samples", "0", cwd=tmp_path)
