@@ -107,11 +107,11 @@ def cmd_evaluate(args) -> int:
                       steps=args.steps, guidance=args.guidance, out=args.out, evaluator=args.evaluator,
                       seed=args.seed, device=args.device, batch_size=args.batch_size, samples=args.samples)
     for name, g in report["groups"].items():
-        se = f" ± {g['generated_r1_se']:.3f}" if g["generated_r1_se"] is not None else ""
-        print(f"{name}: R@1 generated {g['generated_r1']:.3f}{se} / real {g['real_r1']:.3f} / chance "
-              f"{g['chance_r1']:.3f} ({g['num_captions']} captions x {g['samples_per_caption']} samples); Frechet "
-              f"{g['frechet_distance']:.3f}; SSIM {g['ssim']:.3f}; PSNR {g['psnr']:.2f} dB; frame change "
-              f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}", file=sys.stderr)
+        print(f"{name}: R@1 generated {g['generated_r1']:.3f} ± {g['generated_r1_se']:.3f} / real "
+              f"{g['real_r1']:.3f} / chance {g['chance_r1']:.3f} ({g['num_captions']} captions x "
+              f"{g['samples_per_caption']} samples); Frechet {g['frechet_distance']:.3f}; SSIM {g['ssim']:.3f}; "
+              f"PSNR {g['psnr']:.2f} dB; frame change {g['temporal_change_generated']:.2f} vs real "
+              f"{g['temporal_change_real']:.2f}", file=sys.stderr)
         for part, b in g["by_training"].items():
             print(f"  {part} in training: R@1 generated {b['generated_r1']:.3f} / real {b['real_r1']:.3f} "
                   f"({b['num_captions']} captions)", file=sys.stderr)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from models.evaluator import Evaluator, reorderings
 
+
 def retrieval_ranks(video: torch.Tensor, text: torch.Tensor) -> np.ndarray:
     """Rank (0 = first) of caption i for clip i among all K captions; ties count against the clip."""
     sims = video @ text.T  # (K, K)
@@ -73,7 +74,7 @@ def temporal_change(clip) -> float:
 
 
 def score_clips(ev: Evaluator, text: torch.Tensor, real, generated, captions: list[str] | None = None) -> dict:
-    """Metrics of K real clips and their generated samples against their K captions (text: (K, D) embeddings).
+    """Metrics of K >= 2 real clips and their generated samples against their K captions (text: (K, D) embeddings).
 
     real: uint8 (K, T, H, W, 3); generated: (K, T, H, W, 3) or N samples per caption (N, K, T, H, W, 3). Every
     generated clip is ranked among the K captions; R@k and the image metrics average over all N*K clips, and
@@ -96,7 +97,7 @@ def score_clips(ev: Evaluator, text: torch.Tensor, real, generated, captions: li
     for name, r in ranks.items():
         out[f"{name}_r1"], out[f"{name}_r5"] = recall(r, 1), recall(r, 5)
     hits = (gen_ranks < 1).mean(1)  # (K,)
-    out["generated_r1_se"] = float(hits.std(ddof=1) / math.sqrt(K)) if K > 1 else None
+    out["generated_r1_se"] = float(hits.std(ddof=1) / math.sqrt(K))
     for k in ("r1", "r5"):
         out[f"{k}_ratio"] = out[f"generated_{k}"] / out[f"real_{k}"] if out[f"real_{k}"] else None
     out["true_caption_similarity"] = {"real": float((real_emb * text).sum(1).mean()),
