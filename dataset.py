@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -20,11 +20,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from config import DataConfig
+from utils.atomic import atomic_write
 from utils.errors import UserError
 from utils.gif import read_gif
+from utils.pixels import to_unit_range
 
 CACHE_VERSION = 1  # bump when decoding/preprocessing changes so stale cache entries are not reused
 HOW_TO_GET_DATA = "run `python main.py synth-data --out <dir>` for the built-in synthetic set"
+CLIP_SUFFIX = ".gif"  # matched case-insensitively: x.GIF is a clip too
+CAPTION_SUFFIX = ".txt"
+HELDOUT_DIR = "heldout"  # subfolder of word combinations kept out of training (`evaluate`'s unseen captions)
+RESIZE_MODES = ("pad", "crop")
 
 
 class DataError(UserError):
@@ -35,21 +41,41 @@ class DataError(UserError):
 # Discovery
 
 
+def clip_files(folder: str) -> list[str]:
+    """Sorted names of the clip files directly in `folder` (hidden files, e.g. macOS "._x.gif", never count)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(CLIP_SUFFIX) and not n.startswith(".")
+                  and os.path.isfile(os.path.join(folder, n)))
+
+
+def has_clips(folder: str) -> bool:
+    return bool(clip_files(folder))
+
+
+def clip_stem(path: str) -> str:
+    """A clip's name without folder and suffix: what its caption file and its train/val split are keyed by."""
+    return os.path.basename(path)[:-len(CLIP_SUFFIX)]
+
+
+def caption_words(caption: str) -> list[str]:
+    """Lower-case words of a caption (letters and digits; punctuation separates words)."""
+    return re.findall(r"\w+", caption.lower())
+
+
 def find_pairs(data_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(gif_path, caption) pairs sorted by file name, and (file name, reason) for GIFs without a caption."""
+    """(clip_path, caption) pairs sorted by file name, and (file name, reason) for clips without a caption."""
     expected = f"expected a folder of <name>.gif clips each with a <name>.txt caption; {HOW_TO_GET_DATA}"
     if not os.path.isdir(data_dir):
         raise DataError(f"data folder '{data_dir}' does not exist: {expected.replace('<dir>', data_dir)}")
-    # hidden files (e.g. macOS "._x.gif" resource forks) are never clips
-    names = sorted(n for n in os.listdir(data_dir) if not n.startswith(".")
-                   and os.path.isfile(os.path.join(data_dir, n)))
-    gifs = [n for n in names if n.lower().endswith(".gif")]
-    if not gifs:
+    clips = clip_files(data_dir)
+    if not clips:
         raise DataError(f"no .gif files in '{data_dir}': {expected.replace('<dir>', data_dir)}")
-    txts = {n[:-4]: n for n in names if n.lower().endswith(".txt")}
+    txts = {n[:-len(CAPTION_SUFFIX)]: n for n in os.listdir(data_dir) if n.lower().endswith(CAPTION_SUFFIX)
+            and not n.startswith(".") and os.path.isfile(os.path.join(data_dir, n))}
     pairs, skipped = [], []
-    for name in gifs:
-        stem = name[:-4]
+    for name in clips:
+        stem = clip_stem(name)
         if stem not in txts:
             skipped.append((name, "no caption"))
             continue
@@ -70,6 +96,18 @@ def split_of(stem: str, val_fraction: float) -> str:
     """'val' or 'train' from a hash of the stem alone, so adding files never moves the others."""
     frac = int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:15], 16) / 16**15
     return "val" if frac < val_fraction else "train"
+
+
+def select_split(pairs: list[tuple[str, str]], split: str, val_fraction: float) -> list[tuple[str, str]]:
+    """The pairs of one split ("train", "val" or "all"); train is never empty while there are pairs."""
+    if split == "all":
+        return pairs
+    stems = [clip_stem(p) for p, _ in pairs]
+    is_val = [split_of(stem, val_fraction) == "val" for stem in stems]
+    if pairs and all(is_val):
+        # train must never be empty: hand the clip with the largest stem back to train
+        is_val[max(range(len(stems)), key=lambda k: stems[k])] = False
+    return [p for p, v in zip(pairs, is_val) if v == (split == "val")]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,7 +151,7 @@ def resize_frames(frames: np.ndarray, image_size: int, resize_mode: str) -> np.n
     elif resize_mode == "crop":
         scale = s / min(h, w)
     else:
-        raise ValueError(f"resize_mode must be 'pad' or 'crop', got {resize_mode!r}")
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if resize_mode == "crop":
         nh, nw = max(nh, s), max(nw, s)
@@ -161,17 +199,8 @@ def _read_cache(cache_file: str, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _write_cache(cache_file: str, clip: np.ndarray) -> None:
-    """Atomic write (temp + rename): a crash never leaves a half-written entry under the final name."""
-    folder = os.path.dirname(cache_file)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, clip, allow_pickle=False)
-        os.replace(tmp, cache_file)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(cache_file) as f:
+        np.save(f, clip, allow_pickle=False)
 
 
 def _warn_skipped(data_dir: str, skipped: list[tuple[str, str]], limit: int = 10) -> None:
@@ -182,19 +211,6 @@ def _warn_skipped(data_dir: str, skipped: list[tuple[str, str]], limit: int = 10
 
 # ----------------------------------------------------------------------------------------------------------
 # Dataset
-
-
-def to_unit_range(clips_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., T, H, W, 3) -> float32 (..., 3, T, H, W) with x / 127.5 - 1 (0 -> -1.0, 255 -> 1.0)."""
-    # reorder while still 1 byte per value, then convert: ~2-5x faster than converting the strided view
-    x = clips_u8.movedim(-1, -4).contiguous()  # (..., 3, T, H, W)
-    return x.float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """The inverse of to_unit_range: (B, C, T, H, W) in [-1, 1] -> (B, T, H, W, C) uint8 (values outside clipped)."""
-    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 class SignDataset(torch.utils.data.Dataset):
@@ -210,7 +226,7 @@ class SignDataset(torch.utils.data.Dataset):
         self.cfg, self.split = cfg, split
         t, s = cfg.num_frames, cfg.image_size
         pairs, self.skipped = find_pairs(cfg.data_dir)
-        pairs = self._select(pairs, split, cfg.val_fraction)
+        pairs = select_split(pairs, split, cfg.val_fraction)
 
         # Pass 1: hash files and load cache hits. Pass 2: decode only the misses.
         clips: list[np.ndarray | None] = []
@@ -254,17 +270,6 @@ class SignDataset(torch.utils.data.Dataset):
         for n, i in enumerate(keep):
             self.clips[n] = torch.from_numpy(clips[i])
             clips[i] = None  # release the numpy copy as we go
-
-    @staticmethod
-    def _select(pairs: list[tuple[str, str]], split: str, val_fraction: float) -> list[tuple[str, str]]:
-        if split == "all":
-            return pairs
-        stems = [os.path.basename(p)[:-4] for p, _ in pairs]
-        is_val = [split_of(stem, val_fraction) == "val" for stem in stems]
-        if pairs and all(is_val):
-            # train must never be empty: hand the clip with the largest stem back to train
-            is_val[max(range(len(stems)), key=lambda k: stems[k])] = False
-        return [p for p, v in zip(pairs, is_val) if v == (split == "val")]
 
     def __len__(self) -> int:
         return self.clips.shape[0]

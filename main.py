@@ -1,53 +1,34 @@
 """Text2Sign command line: train, sample, train-evaluator, evaluate, config, synth-data.
 
-Exit codes: 0 success, 2 usage / config / data errors (one line on stderr), 1 unexpected failure (traceback).
+Exit codes: 0 success, 2 usage / config / data errors (one line on stderr), 1 unexpected failure (traceback),
+130 / 143 training stopped by SIGINT (Ctrl-C) / SIGTERM after saving latest.pt (or aborted by a second signal).
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import os
+import signal
 import sys
 
-from config import PRESETS, Config, apply_overrides, build_config, format_config
+from config import add_config_args, format_config
 from utils.errors import UserError
-
-DEFAULT_PRESET = "demo"
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                   help=f"named configuration (default: {DEFAULT_PRESET})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set train.lr=3e-4 (repeatable)")
-
-
-def ensure_data(cfg: Config) -> None:
-    """The demo preset writes the built-in synthetic set when its folder has no GIFs yet."""
-    dc = cfg.data
-    if dc.synth_if_missing and not glob.glob(os.path.join(dc.data_dir, "*.gif")):
-        from utils.synth import write_dataset
-
-        print(f"no GIFs in {dc.data_dir}: writing the built-in synthetic sign set ({dc.synth_num} clips, "
-              f"seed {dc.synth_seed})", file=sys.stderr)
-        write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, holdout=dc.synth_holdout,
-                      command="python main.py train (demo preset)")
 
 
 def cmd_train(args) -> int:
+    from data.synth import ensure_data
     from methods.checkpoint import load_checkpoint
+    from methods.configure import config_from_checkpoint, load_config
     from methods.trainer import Trainer
 
-    cfg = build_config(args.preset, args.overrides)
+    cfg = load_config(args.preset, args.overrides)
     state = None
     if args.resume is not None:
         path = args.resume or os.path.join(cfg.train.checkpoint_dir, cfg.train.exp_name, "latest.pt")
         state = load_checkpoint(path)
         # The run continues with the configuration it was started with; --set may still change fields.
-        cfg = apply_overrides(Config.from_dict(state["config"]), args.overrides)
-        cfg.validate()
+        cfg = config_from_checkpoint(state, args.overrides)
         print(f"resuming {path} at step {state['step']} (epoch {state['epoch']})", file=sys.stderr)
-    ensure_data(cfg)
+    ensure_data(cfg.data)
     trainer = Trainer(cfg, resume=state)
     if trainer.step >= trainer.total_steps:
         print(f"nothing to do: step {trainer.step} already reached the {trainer.total_steps} steps configured "
@@ -55,29 +36,35 @@ def cmd_train(args) -> int:
         return 0
     trainer.train()
     if trainer.interrupted:
-        print(f"stopped at step {trainer.step}: {trainer.exp_dir}/latest.pt saved; continue with "
-              f"`python main.py train --resume`", file=sys.stderr)
-        return 130
+        signum = trainer.stop_signal or signal.SIGINT
+        print(f"stopped by {signal.Signals(signum).name} at step {trainer.step}: {trainer.exp_dir}/latest.pt saved; "
+              f"continue with `python main.py train --resume`", file=sys.stderr)
+        return 128 + signum
     print(f"checkpoints: {trainer.exp_dir}\nsamples: {trainer.sample_dir}\nlogs: {trainer.run_dir}")
     return 0
 
 
+def sampling_flags(args) -> dict:
+    """The sampling flags `sample` and `evaluate` share, for SamplingSettings.resolve."""
+    return dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler, eta=args.eta)
+
+
 def cmd_sample(args) -> int:
-    from methods.sampling import generate, load_ema_model, sampling_settings, save_gifs
+    from methods.sampling import SamplingSettings, generate, load_ema_model, sample_seed, save_gifs, warn_unknown_words
     from models.text_encoder import FrozenTextEncoder
     from utils.device import select_device
 
-    device = select_device(args.device)
-    cfg, model, diffusion, _ = load_ema_model(args.checkpoint, device)
-    dc = cfg.diffusion
-    steps, guidance = sampling_settings(dc, args.steps, args.guidance)
     if args.num_samples < 1:
-        raise UserError("--num_samples must be >= 1")
-    texts = [t for t in args.text for _ in range(args.num_samples)]
-    text = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device).encode(texts)
-    clips = generate(model, diffusion, text, cfg.data.num_frames, cfg.data.image_size, steps, args.sampler or
-                     dc.sampler, dc.eta if args.eta is None else args.eta, guidance, seed=args.seed, device=device,
-                     progress=True)
+        raise UserError(f"--num_samples must be >= 1, got {args.num_samples}")
+    device = select_device(args.device)
+    cfg, model, diffusion, state = load_ema_model(args.checkpoint, device)
+    settings = SamplingSettings.resolve(cfg.diffusion, **sampling_flags(args))
+    warn_unknown_words(args.text, state)
+    jobs = [(text, j) for text in args.text for j in range(args.num_samples)]
+    texts = [text for text, _ in jobs]
+    embeddings = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device).encode(texts)
+    clips = generate(model, diffusion, embeddings, settings, [sample_seed(args.seed, t, j) for t, j in jobs],
+                     num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, device=device, progress=True)
     out_dir = args.output_dir or os.path.join(cfg.train.sample_dir, cfg.train.exp_name)
     for path in save_gifs(clips, texts, out_dir, suffix=f"_seed{args.seed}"):
         print(path)
@@ -85,10 +72,12 @@ def cmd_sample(args) -> int:
 
 
 def cmd_train_evaluator(args) -> int:
-    from methods.evaluate import train_evaluator
+    from data.synth import ensure_data
+    from methods.configure import load_config
+    from methods.evaluation.training import train_evaluator
 
-    cfg = build_config(args.preset, args.overrides + ([f"data.data_dir={args.data}"] if args.data else []))
-    ensure_data(cfg)
+    cfg = load_config(args.preset, args.overrides + ([f"data.data_dir={args.data}"] if args.data else []))
+    ensure_data(cfg.data)
     info = train_evaluator(cfg)
     for name, c in info["checks"].items():
         if c:
@@ -101,11 +90,11 @@ def cmd_train_evaluator(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from methods.evaluate import evaluate
+    from methods.evaluation.evaluate import evaluate
 
     report = evaluate(args.checkpoint, data_dir=args.data, split=args.split, num_captions=args.num_captions,
-                      steps=args.steps, guidance=args.guidance, out=args.out, evaluator=args.evaluator,
-                      seed=args.seed, device=args.device, batch_size=args.batch_size, samples=args.samples)
+                      sampling=sampling_flags(args), num_samples=args.num_samples, seed=args.seed, out=args.out,
+                      evaluator=args.evaluator, device=args.device, batch_size=args.batch_size)
     for name, g in report["groups"].items():
         print(f"{name}: R@1 generated {g['generated_r1']:.3f} ± {g['generated_r1_se']:.3f} / real "
               f"{g['real_r1']:.3f} / chance {g['chance_r1']:.3f} ({g['num_captions']} captions x "
@@ -120,12 +109,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_config(args) -> int:
-    print(format_config(build_config(args.preset, args.overrides)))
+    from methods.configure import load_config
+
+    print(format_config(load_config(args.preset, args.overrides)))
     return 0
 
 
 def cmd_synth_data(args) -> int:
-    from utils.synth import describe_vocab, write_dataset
+    from data.synth import describe_vocab, write_dataset
+    from dataset import HELDOUT_DIR
 
     if args.list_words:
         print(describe_vocab())
@@ -135,9 +127,21 @@ def cmd_synth_data(args) -> int:
     info = write_dataset(args.out, args.num, seed=args.seed, size=args.size, num_frames=args.frames,
                          holdout=args.holdout, command="python main.py " + " ".join(sys.argv[1:]))
     print(f"wrote {info['clips']} clips to {args.out}" + (f" (+{info['heldout']} held-out in "
-                                                           f"{os.path.join(args.out, 'heldout')})"
+                                                           f"{os.path.join(args.out, HELDOUT_DIR)})"
                                                            if info.get("heldout") else ""))
     return 0
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that generates clips (`sample`, `evaluate`), with the same names and meaning."""
+    p.add_argument("--num_samples", type=int, default=1, help="clips per caption")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: diffusion.sample_steps)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = off (default: diffusion.guidance_scale)")
+    p.add_argument("--sampler", default=None, help="ddim or ddpm (default: diffusion.sampler)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (default: diffusion.eta)")
+    p.add_argument("--seed", type=int, default=0, help="clip j of caption c draws its noise from (seed, c, j)")
+    p.add_argument("--device", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,13 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate GIFs for a caption from a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--text", required=True, action="append", help="caption (repeat for several)")
-    p.add_argument("--num_samples", type=int, default=1, help="clips per caption")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: diffusion.sample_steps)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_sampling_args(p)
     p.add_argument("--output_dir", default=None, help="default: generated_samples/<exp>")
     p.set_defaults(func=cmd_sample)
 
@@ -173,17 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="DIR", help="default: the checkpoint's data.data_dir")
     p.add_argument("--split", default="val", help="val or train: the real clips and captions to use")
     p.add_argument("--num_captions", type=int, default=32, help="captions K (retrieval ranks among K)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: diffusion.sample_steps)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    add_sampling_args(p)
     p.add_argument("--out", default=None, metavar="FILE.json",
                    help="default: generated_samples/<exp>/eval_step<N>_<split>.json")
     p.add_argument("--evaluator", default=None, metavar="PATH", help="default: evaluator.pt next to the checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=16,
                    help="clips sampled at once; speed only, each clip has its own seed")
-    p.add_argument("--samples", type=int, default=1, metavar="N",
-                   help="clips per caption: R@k averages over them and its standard error shrinks")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("config", help="print the resolved configuration")
@@ -209,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # a second stop signal during training, or Ctrl-C anywhere else
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name}): nothing saved", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

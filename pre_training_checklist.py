@@ -28,7 +28,7 @@ import tempfile
 
 import torch
 
-from utils.preflight import FAIL, PASS, WARN, Checks, check_config, format_count, parse_args
+from preflight import FAIL, PASS, WARN, Checks, check_config, format_count, parse_args
 
 BYTES_PER_PARAM_CHECKPOINT = 16  # fp32 weights + EMA + AdamW exp_avg + exp_avg_sq
 BYTES_PER_PARAM_TRAINING = 20  # the same in memory, plus fp32 gradients
@@ -39,13 +39,12 @@ ACTIVATION_VALUES = {True: 7, False: 40}
 
 
 def check_data_folder(data_dir: str, synth_if_missing: bool, synth_num: int):
-    from dataset import DataError, find_pairs
+    from dataset import DataError, find_pairs, has_clips
 
     try:
         pairs, skipped = find_pairs(data_dir)
-    except DataError as err:
-        if synth_if_missing and not (os.path.isdir(data_dir) and any(n.lower().endswith(".gif")
-                                                                     for n in os.listdir(data_dir))):
+    except DataError:
+        if synth_if_missing and not has_clips(data_dir):
             return WARN, f"no GIFs in {data_dir} yet: `main.py train` writes the synthetic set ({synth_num} clips)"
         raise
     return PASS, f"{len(pairs) + len(skipped)} GIFs in {data_dir}", (pairs, skipped)
@@ -249,13 +248,13 @@ def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
     data = checks.run("data folder", check_data_folder, dc.data_dir, dc.synth_if_missing, dc.synth_num)
     n_train = dc.synth_num
     if data is not None:
-        from dataset import split_of
+        from dataset import select_split
 
         pairs, skipped = data
         checks.run("captions present", check_captions, pairs, skipped)
         if pairs:
             checks.run("clips decodable", check_clips, pairs, dc.num_frames, max_clips)
-        n_train = sum(split_of(os.path.basename(p)[:-4], dc.val_fraction) == "train" for p, _ in pairs)
+        n_train = len(select_split(pairs, "train", dc.val_fraction))
     text_dim = checks.run("text encoder", check_text_encoder, cfg.text.encoder, cfg.text.max_length)
     model = checks.run("model", check_model, cfg, text_dim or 768)
     if model is not None:

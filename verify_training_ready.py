@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from utils.preflight import FAIL, PASS, Checks, check_config, format_count, parse_args
+from preflight import FAIL, PASS, Checks, check_config, format_count, parse_args
 
 GRAD_TARGETS = {"patch embedding": "x_embedder.proj.weight", "text projection": "text_embedder.proj.0.weight",
                 "final layer": "final_layer.linear.weight"}
@@ -40,10 +40,10 @@ MIN_TEXT_EFFECT = 1e-5
 
 def build_trainer(cfg):
     """The trainer's own construction: same data, embeddings, model, pretrained loading, device and optimizer."""
-    from main import ensure_data
+    from data.synth import ensure_data
     from methods.trainer import Trainer
 
-    ensure_data(cfg)
+    ensure_data(cfg.data)
     trainer = Trainer(cfg)
     n = sum(p.numel() for p in trainer.model.parameters())
     precision = "bf16 autocast" if trainer.amp_dtype is not None else "fp32"
@@ -54,7 +54,7 @@ def build_trainer(cfg):
 
 def two_captions(trainer) -> tuple[int, int]:
     """Indices of two different captions in the trainer's embedding table (training captions, then prompts)."""
-    names = list(trainer.data.caption_vocab) + trainer.prompts
+    names = trainer.captions.names
     for j in range(1, len(names)):
         if names[j] != names[0]:
             return 0, j
@@ -149,7 +149,7 @@ def verify(trainer, checks: Checks, max_steps: int = 3) -> None:
     std = out_a.std().item() if finite else float("nan")
     checks.expect("output std", STD_RANGE[0] <= std <= STD_RANGE[1],
                   f"{std:.3g} (sane range {STD_RANGE[0]:g}..{STD_RANGE[1]:g}; the noise target has std 1)")
-    names = list(trainer.data.caption_vocab) + trainer.prompts
+    names = trainer.captions.names
     effect = text_effect(out_a, out_b)
     checks.expect("text changes the prediction", effect > MIN_TEXT_EFFECT,
                   f"{names[a]!r} vs {names[b]!r}: mean |diff| / mean |out| = {effect:.2e} "

@@ -19,8 +19,8 @@ import torch  # noqa: E402
 from config import build_config  # noqa: E402
 from dataset import SignDataset  # noqa: E402
 from methods.trainer import Trainer  # noqa: E402
-from utils.synth import write_dataset  # noqa: E402
-from utils.train_stats import peak_rss_mb  # noqa: E402
+from data.synth import write_dataset  # noqa: E402
+from methods.train_stats import peak_rss_mb  # noqa: E402
 
 
 def main() -> None:

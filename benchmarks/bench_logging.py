@@ -31,8 +31,8 @@ import torch  # noqa: E402
 
 from config import build_config  # noqa: E402
 from methods.trainer import Trainer  # noqa: E402
-from utils.synth import write_dataset  # noqa: E402
-from utils.tb_logger import TBLogger  # noqa: E402
+from data.synth import write_dataset  # noqa: E402
+from methods.tb_logger import TBLogger  # noqa: E402
 
 
 def block(trainer: Trainer, steps: int, **train_fields) -> dict[str, float]:

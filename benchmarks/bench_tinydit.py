@@ -33,7 +33,7 @@ import torch.nn as nn  # noqa: E402
 
 from models import build_model  # noqa: E402
 from models.blocks import Attention, CrossAttention  # noqa: E402
-from utils.train_stats import peak_rss_mb, rss_mb  # noqa: E402
+from methods.train_stats import peak_rss_mb, rss_mb  # noqa: E402
 
 PEAK_FLOPS = {("cpu", "fp32"): 175e9, ("cpu", "bf16"): 501e9, ("cuda", "bf16"): 798e12, ("cuda", "fp32"): 798e12}
 

@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dataset import resize_frames, sample_frame_indices  # noqa: E402
-from methods.sampling import generate, load_ema_model, sampling_settings  # noqa: E402
+from methods.sampling import SamplingSettings, generate, load_ema_model, sample_seed  # noqa: E402
 from models.text_encoder import FrozenTextEncoder  # noqa: E402
-from utils.synth import VOCAB, render_clip, sample_captions  # noqa: E402
+from data.synth import VOCAB, render_clip, sample_captions  # noqa: E402
 
 
 def ground_truth(words, cfg) -> np.ndarray:
@@ -48,10 +48,9 @@ def main() -> None:
     captions += [multi[i] for i in rng.choice(len(multi), args.captions - k1, replace=False)]
     texts = [" ".join(c) for c in captions]
     text = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length).encode(texts)
-    dc = cfg.diffusion
-    steps, guidance = sampling_settings(dc, args.steps, args.guidance)
-    gen = generate(model, diffusion, text, cfg.data.num_frames, cfg.data.image_size, steps, dc.sampler, dc.eta,
-                   guidance, seed=args.seed)
+    settings = SamplingSettings.resolve(cfg.diffusion, steps=args.steps, guidance=args.guidance)
+    gen = generate(model, diffusion, text, settings, [sample_seed(args.seed, t, 0) for t in texts],
+                   num_frames=cfg.data.num_frames, image_size=cfg.data.image_size)
     real = np.stack([ground_truth(c, cfg) for c in captions])
     dist = ((gen[:, None].astype(np.float32) - real[None].astype(np.float32)) ** 2).mean(axis=(2, 3, 4, 5))
     hits = dist.argmin(axis=1) == np.arange(len(captions))

@@ -2,14 +2,14 @@
 
     python main.py train-evaluator                                   # once: checkpoints/demo/evaluator.pt
     python benchmarks/eval_demo.py --checkpoints checkpoints/demo/step_0000500.pt checkpoints/demo/final.pt \
-        [--split train] [--num_captions 32] [--samples N] [--guidance 1 3 5] [--steps S] [--evaluator PATH] \
+        [--split train] [--num_captions 32] [--num_samples N] [--guidance 1 3 5] [--steps S] [--evaluator PATH] \
         [--out_dir DIR]
 
 One markdown row per (checkpoint, guidance, group): generated R@1 ± its standard error over captions / real R@1
 (their ratio; the issue's target is >= 0.9 on seen and >= 0.7 on unseen captions) and chance, R@5, Frechet distance
 in the evaluator's space, SSIM, PSNR and mean frame-to-frame change generated / real. `--split train` gives seen
 captions; the synthetic set's heldout/ folder (when present) gives unseen word combinations; `--split val` gives new
-clips whose multi-word captions are mostly unseen combinations too. `--samples N` draws N clips per caption (R@k
+clips whose multi-word captions are mostly unseen combinations too. `--num_samples N` draws N clips per caption (R@k
 averages over them). Each evaluation's JSON and GIF grids go to --out_dir.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from methods.evaluate import evaluate  # noqa: E402
+from methods.evaluation.evaluate import evaluate  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 HEADER = ("| checkpoint | step | guidance | group | K x N | R@1 gen ± se / real (ratio) | chance | R@5 gen / real | "
@@ -44,7 +44,7 @@ def main() -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[None], help="default: each checkpoint's own")
     p.add_argument("--split", default="train")
     p.add_argument("--num_captions", type=int, default=32)
-    p.add_argument("--samples", type=int, default=1, help="clips per caption")
+    p.add_argument("--num_samples", type=int, default=1, help="clips per caption")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--evaluator", default=None, help="default: evaluator.pt next to each checkpoint")
     p.add_argument("--data", default=None)
@@ -58,8 +58,8 @@ def main() -> int:
                 stem = f"{os.path.splitext(os.path.basename(ckpt))[0]}_g{guidance if guidance is not None else 'cfg'}"
                 t0 = time.perf_counter()
                 report = evaluate(ckpt, data_dir=args.data, split=args.split, num_captions=args.num_captions,
-                                  steps=args.steps, guidance=guidance, evaluator=args.evaluator, seed=args.seed,
-                                  samples=args.samples, progress=False,
+                                  sampling={"steps": args.steps, "guidance": guidance}, evaluator=args.evaluator,
+                                  seed=args.seed, num_samples=args.num_samples, progress=False,
                                   out=os.path.join(args.out_dir, f"{stem}_{args.split}.json"))
                 for group, g in report["groups"].items():
                     print(row(ckpt, report, group, g, time.perf_counter() - t0), flush=True)

@@ -3,7 +3,7 @@
     python main.py train-evaluator --set train.exp_name=scale                 # once: checkpoints/scale/evaluator.pt
     python benchmarks/scale_demo.py --run demo_6k train.max_steps=6000 \
         --run L_6k model.arch=DiT-Demo-L/4 train.max_steps=6000 train.lr=5e-4 \
-        [--guidance 1 3 5] [--deadline 480] [--num_captions 32] [--samples 4] [--steps S] [--evaluator PATH] \
+        [--guidance 1 3 5] [--deadline 480] [--num_captions 32] [--num_samples 4] [--steps S] [--evaluator PATH] \
         [--out_dir DIR]
 
 Each --run NAME FIELD=VALUE... trains `python main.py train --preset demo` with those overrides as experiment
@@ -52,7 +52,7 @@ def main() -> int:
     p.add_argument("--deadline", type=float, default=480, help="seconds before unfinished runs are stopped")
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0])
     p.add_argument("--num_captions", type=int, default=32)
-    p.add_argument("--samples", type=int, default=4, help="clips per caption (single samples swing by 0.1)")
+    p.add_argument("--num_samples", type=int, default=4, help="clips per caption (single samples swing by 0.1)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--evaluator", default=os.path.join("checkpoints", "scale", "evaluator.pt"))
     p.add_argument("--out_dir", default=os.path.join("generated_samples", "scale_demo"))
@@ -92,7 +92,7 @@ def main() -> int:
     evals = {}
     for name, ckpt in checkpoints.items():
         cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "eval_demo.py"), "--checkpoints", ckpt,
-               "--split", "train", "--num_captions", str(args.num_captions), "--samples", str(args.samples),
+               "--split", "train", "--num_captions", str(args.num_captions), "--num_samples", str(args.num_samples),
                "--evaluator", args.evaluator, "--out_dir", os.path.join(args.out_dir, name),
                "--guidance", *map(str, args.guidance)]
         cmd += ["--steps", str(args.steps)] if args.steps else []

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from config import DiffusionConfig
 from schedulers import make_schedule
 
 PREDICTIONS = ("eps", "v")
@@ -57,7 +58,7 @@ class GaussianDiffusion:
         self._copies: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, dc) -> "GaussianDiffusion":
+    def from_config(cls, dc: DiffusionConfig) -> "GaussianDiffusion":
         """The process a DiffusionConfig (diffusion section of config.py) describes."""
         return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma)
 

@@ -7,25 +7,16 @@ import random
 import numpy as np
 import torch
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a kill never leaves a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Atomic: a kill mid-write leaves the previous file (or none), never a half-written one."""
+    with atomic_write(path) as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

@@ -1,64 +1,118 @@
-"""Sampling clips from a trained model with classifier-free guidance, and writing them as GIFs."""
+"""Sampling clips from a trained model with classifier-free guidance, and writing them as GIFs.
+
+Conventions owned here: the sampling settings a command runs with (`SamplingSettings.resolve`), the noise seed of
+every generated clip (`sample_seed`), and the checkpoint-to-sampler loading that `sample` and `evaluate` share.
+"""
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from config import Config
-from dataset import to_uint8
-from diffusion import GaussianDiffusion
+from config import DiffusionConfig
+from dataset import caption_words
+from diffusion import SAMPLERS, GaussianDiffusion
 from methods.checkpoint import load_checkpoint
+from methods.configure import config_from_checkpoint
 from models import build_video_model
 from models.text_encoder import TextEmbeddings
 from utils.errors import UserError
 from utils.gif import safe_filename, write_gif
+from utils.pixels import to_uint8
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How clips are drawn: sampler steps, classifier-free guidance weight, sampler and DDIM eta."""
+    steps: int
+    guidance: float
+    sampler: str
+    eta: float
+
+    @classmethod
+    def resolve(cls, dc: DiffusionConfig, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+                eta: float | None = None) -> "SamplingSettings":
+        """The DiffusionConfig's defaults with a command's flags on top; every bad value is a one-line UserError."""
+        sampler = dc.sampler if sampler is None else sampler
+        if sampler not in SAMPLERS:
+            raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if sampler == "ddpm":
+            if steps is not None and steps != dc.timesteps:
+                raise UserError(f"--steps {steps}: ddpm runs all {dc.timesteps} of the model's diffusion steps "
+                                f"(use --sampler ddim to take fewer)")
+            steps = dc.timesteps
+        elif steps is None:
+            steps = dc.sample_steps
+        if not 1 <= steps <= dc.timesteps:
+            raise UserError(f"--steps must be in [1, {dc.timesteps}] (the model's diffusion.timesteps), got {steps}")
+        guidance = dc.guidance_scale if guidance is None else float(guidance)
+        if not (math.isfinite(guidance) and guidance >= 0):
+            raise UserError(f"--guidance must be a finite number >= 0, got {guidance}")
+        eta = dc.eta if eta is None else float(eta)
+        if not (math.isfinite(eta) and eta >= 0):
+            raise UserError(f"--eta must be a finite number >= 0, got {eta}")
+        return cls(steps, guidance, sampler, eta)
+
+
+def sample_seed(seed: int, caption: str, index: int) -> int:
+    """The noise seed of sample `index` of `caption` in a run with `seed`.
+
+    A function of these three alone, so a clip does not depend on which other captions share the run, their order
+    or the batch size: the same held-out caption gets the same clip in `evaluate --split train` and `--split val`.
+    """
+    digest = hashlib.sha256(f"text2sign-sample|{seed}|{index}|{caption}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any torch.Generator takes it
+
+
+def warn_unknown_words(captions: list[str], state: dict) -> list[str]:
+    """One warning naming the caption words that never occur in the checkpoint's training captions (returned)."""
+    known = set(state.get("caption_words") or ())
+    if not known:  # a checkpoint from before caption_words were saved: nothing to compare with
+        return []
+    unknown = list(dict.fromkeys(w for c in captions for w in caption_words(c) if w not in known))
+    if unknown:
+        print(f"warning: never in the training captions, so the model has not learned them: "
+              f"{', '.join(repr(w) for w in unknown)}", file=sys.stderr)
+    return unknown
 
 
 def load_ema_model(path: str, device="cpu"):
     """A checkpoint's config, its EMA weights in eval mode on `device`, its diffusion process, and the raw state."""
     state = load_checkpoint(path)
-    cfg = Config.from_dict(state["config"])
+    cfg = config_from_checkpoint(state)
     model = build_video_model(cfg, state["text_dim"])
     model.load_state_dict(state["ema"])
     return cfg, model.to(device).eval(), GaussianDiffusion.from_config(cfg.diffusion), state
 
 
-def sampling_settings(dc, steps: int | None, guidance: float | None) -> tuple[int, float]:
-    """A command's --steps / --guidance, defaulting to the checkpoint's DiffusionConfig; bad steps are a UserError."""
-    steps = steps or dc.sample_steps
-    if not 1 <= steps <= dc.timesteps:
-        raise UserError(f"--steps must be in [1, {dc.timesteps}] (the model's diffusion.timesteps)")
-    return steps, dc.guidance_scale if guidance is None else guidance
-
-
 @torch.no_grad()
-def generate(model, diffusion, text: TextEmbeddings, num_frames: int, image_size: int, steps: int,
-             sampler: str = "ddim", eta: float = 0.0, guidance_scale: float = 1.0, seed: int | list[int] = 0,
-             device="cpu", progress: bool = False) -> np.ndarray:
-    """One clip per row of `text`: returns uint8 (B, T, H, W, 3). A list of seeds gives each row its own."""
+def generate(model, diffusion, text: TextEmbeddings, settings: SamplingSettings, seeds: list[int], *,
+             num_frames: int, image_size: int, device="cpu", progress: bool = False) -> np.ndarray:
+    """One clip per row of `text`, row i drawn from seeds[i]: uint8 (B, T, H, W, 3)."""
     model.eval()
     text = text.to(device)
     B = text.pooled.shape[0]
-    guided = guidance_scale != 1.0
+    if len(seeds) != B:
+        raise ValueError(f"{len(seeds)} seeds for {B} captions")
 
     def model_fn(x, t):
-        if not guided:
+        if settings.guidance == 1.0:
             return model(x, t, text.tokens, text.mask, text.pooled)
         drop = torch.arange(2 * B, device=device) >= B  # second half: null caption
         out = model(torch.cat([x, x]), torch.cat([t, t]), text.tokens.repeat(2, 1, 1), text.mask.repeat(2, 1),
                     text.pooled.repeat(2, 1), drop=drop)
         cond, uncond = out.float().chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        return uncond + settings.guidance * (cond - uncond)
 
-    if isinstance(seed, (list, tuple)):
-        generator = [torch.Generator().manual_seed(s) for s in seed]
-    else:
-        generator = torch.Generator().manual_seed(seed)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
     shape = (B, model.in_channels, num_frames, image_size, image_size)
-    x0 = diffusion.sample(model_fn, shape, steps=steps if sampler == "ddim" else None, sampler=sampler, eta=eta,
-                          generator=generator, device=device, progress=progress)
+    x0 = diffusion.sample(model_fn, shape, steps=settings.steps, sampler=settings.sampler, eta=settings.eta,
+                          generator=generators, device=device, progress=progress)
     return to_uint8(x0)
 
 

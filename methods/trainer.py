@@ -11,59 +11,80 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from config import Config
-from dataset import SignDataset
+from config import Config, TrainConfig
+from dataset import SignDataset, caption_words
 from diffusion import GaussianDiffusion
 from methods.checkpoint import rng_state, save_checkpoint, set_rng_state
-from methods.sampling import generate, save_gifs
+from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
+from methods.tb_logger import TBLogger, new_run_dir
+from methods.train_stats import StepClock
 from models import build_video_model
 from models.text_encoder import embed_captions
+from schedulers import lr_factor
 from utils.device import autocast, autocast_dtype, select_device
 from utils.errors import UserError
-from utils.tb_logger import TBLogger, new_run_dir
-from utils.train_stats import StepClock
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, SLURM preemption, container stop
 
 
-def planned_steps(tc, num_clips: int) -> int:
+def planned_steps(tc: TrainConfig, num_clips: int) -> int:
     """Optimizer steps a run of `num_clips` training clips will take: train.epochs, capped by train.max_steps."""
     limit = math.ceil(tc.epochs * math.ceil(num_clips / tc.batch_size) / tc.grad_accum)
     return min(limit, tc.max_steps) if tc.max_steps else limit
 
 
-def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
-    """Linear warmup to 1, then constant or cosine decay to 0 at `total` optimizer steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+class Abort(KeyboardInterrupt):
+    """A second stop signal: leave at once, without saving; `signum` gives the exit code 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class StopRequest:
-    """First Ctrl-C asks the loop to stop at the next step boundary (after saving); a second one aborts."""
+    """The first SIGINT or SIGTERM asks the loop to stop at the next step boundary (after saving); a second aborts."""
 
     def __enter__(self):
-        self.requested = False
-        self.previous = None
+        self.signum: int | None = None
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+            raise Abort(signum)
+        self.signum = signum
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step (send it again to abort without "
+                   f"saving)", file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
         return False
+
+
+@dataclass
+class CaptionTable:
+    """Rows of the trainer's text-embedding table: the training captions (row = caption id), then the prompts."""
+    vocab: list[str]
+    prompts: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return self.vocab + self.prompts
+
+    def prompt_rows(self) -> torch.Tensor:
+        return torch.arange(len(self.vocab), len(self.vocab) + len(self.prompts))
 
 
 class Trainer:
@@ -76,9 +97,9 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, tc.precision)
         self.data = SignDataset(cfg.data, "train", quiet=quiet)
         # Prompts are embedded alongside the training captions, so sampling never loads the encoder again.
-        self.prompts = list(tc.sample_prompts)
-        captions = list(self.data.caption_vocab) + self.prompts
-        self.text = embed_captions(cfg.text.encoder, cfg.text.max_length, captions, cfg.data.cache_dir).to(self.device)
+        self.captions = CaptionTable(list(self.data.caption_vocab), list(tc.sample_prompts))
+        self.text = embed_captions(cfg.text.encoder, cfg.text.max_length, self.captions.names,
+                                   cfg.data.cache_dir).to(self.device)
         self.text_dim = self.text.pooled.shape[1]
         torch.manual_seed(tc.seed)
         self.model = build_video_model(cfg, self.text_dim)
@@ -108,6 +129,7 @@ class Trainer:
         self.logger = None
         self.loss_history: list[float] = []  # this process's losses, one per optimizer step
         self.nonfinite_skips = 0
+        self.stop_signal: int | None = None  # the signal that stopped training early (None: ran to the end)
         self.interrupted = False
 
     # ----- data order: a permutation per epoch from (seed, epoch); position saved in checkpoints -----
@@ -139,7 +161,7 @@ class Trainer:
         return {**out, "t": t}
 
     def train(self, stop_at: int | None = None) -> list[float]:
-        """Run to total_steps; Ctrl-C (or reaching stop_at) saves latest.pt at the next step boundary."""
+        """Run to total_steps; SIGINT / SIGTERM (or reaching stop_at) saves latest.pt at the next step boundary."""
         tc = self.cfg.train
         self.logger = TBLogger(self.run_dir, tc, self.total_steps)
         self.logger.start(self.step, self.epoch, self.cfg.to_dict(), self.model, self.diffusion, self.device)
@@ -174,7 +196,7 @@ class Trainer:
                     self.maybe_sample_and_checkpoint()
                     if self.step < self.total_steps and (stop.requested or self.step == stop_at):
                         self.save("latest.pt")
-                        self.interrupted = True
+                        self.interrupted, self.stop_signal = True, stop.signum
                         break
         finally:
             bar.close()
@@ -221,15 +243,15 @@ class Trainer:
         """Sample the configured prompts with the EMA weights; the training RNG streams are not touched."""
         videos, ids = self.data.get_batch(torch.arange(1), device=self.device)  # fixed clip for 13_Noise_Vis
         self.logger.denoising(self.step, self.model, videos, self.text.select(ids))
-        if not self.prompts:
+        prompts = self.captions.prompts
+        if not prompts:
             return []
-        dc, n = self.cfg.diffusion, len(self.data.caption_vocab)
-        ids = torch.arange(n, n + len(self.prompts), device=self.device)
-        clips = generate(self.ema, self.diffusion, self.text.select(ids), self.cfg.data.num_frames,
-                         self.cfg.data.image_size, dc.sample_steps, dc.sampler, dc.eta, dc.guidance_scale,
-                         seed=self.cfg.train.seed, device=self.device)
-        paths = save_gifs(clips, self.prompts, self.sample_dir, suffix=f"_step{self.step:07d}")
-        self.logger.samples(self.step, clips, self.prompts)
+        cfg = self.cfg
+        clips = generate(self.ema, self.diffusion, self.text.select(self.captions.prompt_rows().to(self.device)),
+                         SamplingSettings.resolve(cfg.diffusion), [sample_seed(cfg.train.seed, p, 0) for p in prompts],
+                         num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, device=self.device)
+        paths = save_gifs(clips, prompts, self.sample_dir, suffix=f"_step{self.step:07d}")
+        self.logger.samples(self.step, clips, prompts)
         if not self.quiet:
             tqdm.write(f"step {self.step}: samples -> {', '.join(paths)}", file=sys.stderr)
         return paths
@@ -241,8 +263,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "rng": rng_state(self.generator), "config": self.cfg.to_dict(), "text_dim": self.text_dim,
-            "run_dir": self.run_dir,
+            "run_dir": self.run_dir, "caption_words": self.vocabulary(),
         }
+
+    def vocabulary(self) -> list[str]:
+        """Every word of the training captions: `sample` and `evaluate` warn about caption words outside it."""
+        return sorted({w for c in self.captions.vocab for w in caption_words(c)})
 
     def load_state(self, state: dict) -> None:
         if state["text_dim"] != self.text_dim:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 
 # name -> (python package, folder inside it, sha256 of model.safetensors)
@@ -139,8 +140,6 @@ def embed_captions(name: str, max_length: int, captions: list[str], cache_dir: s
             pass  # unreadable cache entry: recompute and overwrite it
     emb = FrozenTextEncoder(name, max_length, device).encode(list(captions))
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"tokens": emb.tokens, "mask": emb.mask, "pooled": emb.pooled}, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            torch.save({"tokens": emb.tokens, "mask": emb.mask, "pooled": emb.pooled}, f)
     return emb

@@ -1,8 +1,17 @@
-"""Shared fixtures: a tiny random DistilBERT written locally, tiny synthetic data, and a tiny training config."""
+"""Shared fixtures and helpers: a tiny random DistilBERT written locally, tiny synthetic data, a tiny training
+config, the CLI as a subprocess, and a TinyFusion-format state dict."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
-from config import build_config
+from methods.configure import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_WORDS = ["hello", "thank", "you", "yes", "no", "please", "help", "more", "stop", "go", "eat", "drink",
               "home", "friend", "love", "want", "good", "bad", "name", "what", "where", "sorry", "work", "learn"]
@@ -29,7 +38,7 @@ def tiny_encoder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
-    from utils.synth import write_dataset
+    from data.synth import write_dataset
 
     folder = tmp_path_factory.mktemp("synth")
     write_dataset(str(folder), 14, seed=3, size=32, num_frames=8)
@@ -55,5 +64,51 @@ def tiny_overrides(tmp_path, data_dir, encoder, **extra):
 @pytest.fixture
 def tiny_config(tmp_path, synth_dir, tiny_encoder):
     def make(**extra):
-        return build_config("demo", tiny_overrides(tmp_path, synth_dir, tiny_encoder, **extra))
+        return load_config("demo", tiny_overrides(tmp_path, synth_dir, tiny_encoder, **extra))
     return make
+
+
+def run(*args, cwd=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def sets(overrides):
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def dit_pos_embed(dim: int, grid: int) -> np.ndarray:
+    """facebookresearch/DiT's get_2d_sincos_pos_embed (numpy), re-typed here as an independent reference."""
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    g = np.stack(np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32)), axis=0)
+    return np.concatenate([one_d(dim // 2, g[0]), one_d(dim // 2, g[1])], axis=1).astype(np.float32)
+
+
+def tinyfusion_state_dict(depth=2, hidden=32, patch=4, latent_grid=8, seed=0, num_classes=1000):
+    """A state dict in exactly TinyFusion's key format and layout (learn_sigma: 8 outputs per latent pixel).
+
+    Random values at a trained network's scale: weights N(0, 1/fan_in), biases N(0, 0.02^2).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else 2500
+        return torch.randn(*shape, generator=g) / math.sqrt(fan_in)
+    sd = {"pos_embed": torch.from_numpy(dit_pos_embed(hidden, latent_grid // patch))[None],
+          "x_embedder.proj.weight": r(hidden, 4, patch, patch), "x_embedder.proj.bias": r(hidden),
+          "t_embedder.mlp.0.weight": r(hidden, 256), "t_embedder.mlp.0.bias": r(hidden),
+          "t_embedder.mlp.2.weight": r(hidden, hidden), "t_embedder.mlp.2.bias": r(hidden),
+          "y_embedder.embedding_table.weight": r(num_classes + 1, hidden)}
+    for i in range(depth):
+        for name, shape in [("attn.qkv", (3 * hidden, hidden)), ("attn.proj", (hidden, hidden)),
+                            ("mlp.fc1", (4 * hidden, hidden)), ("mlp.fc2", (hidden, 4 * hidden)),
+                            ("adaLN_modulation.1", (6 * hidden, hidden))]:
+            sd[f"blocks.{i}.{name}.weight"], sd[f"blocks.{i}.{name}.bias"] = r(*shape), r(shape[0])
+    sd["final_layer.linear.weight"], sd["final_layer.linear.bias"] = r(patch * patch * 8, hidden), r(patch ** 2 * 8)
+    sd["final_layer.adaLN_modulation.1.weight"] = r(2 * hidden, hidden)
+    sd["final_layer.adaLN_modulation.1.bias"] = r(2 * hidden)
+    return sd

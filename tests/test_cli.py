@@ -1,25 +1,10 @@
 """End-to-end: the real CLI in a temp dir (synth-data -> train -> resume -> sample) and its exit codes."""
 import os
-import subprocess
-import sys
 
 import imageio.v3 as iio
 import pytest
 
-from conftest import tiny_overrides
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args, cwd=None, timeout=300):
-    env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def sets(overrides):
-    return [arg for item in overrides for arg in ("--set", item)]
-
+from conftest import run, sets, tiny_overrides
 
 def test_synth_train_resume_sample(tmp_path, tiny_encoder):
     data = tmp_path / "data"

@@ -1,11 +1,12 @@
 """Config: presets, --set parsing, one-line errors, primitive round trip, and every field read somewhere."""
+import ast
 import dataclasses
 import pathlib
-import re
 
 import pytest
 
-from config import PRESETS, Config, ConfigError, apply_overrides, build_config, format_config
+from config import PRESETS, Config, ConfigError, apply_overrides, build_config, format_config, set_field
+from methods.configure import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,16 +43,40 @@ def test_overrides_parse_by_declared_type():
     ("data.image_size=30", "data.image_size"),
     ("train.exp_name=../x", "train.exp_name"),
     ("noequals", "field=value"),
+    ("diffusion.prediction=x0", "diffusion.prediction"),
+    ("diffusion.sampler=euler", "diffusion.sampler"),
+    ("data.resize_mode=stretch", "data.resize_mode"),
+    ("train.lr_schedule=linear", "train.lr_schedule"),
+    ("train.precision=fp16", "train.precision"),
 ])
 def test_bad_fields_and_values_name_the_field(override, needle):
     with pytest.raises(ConfigError) as err:
-        build_config("demo", [override])
+        load_config("demo", [override])
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_ambiguous_bare_name_is_rejected():
-    # "seed" exists only in train; "synth_seed" only in data; a name in two sections would need the prefix.
+    @dataclasses.dataclass
+    class First:
+        seed: int = 0
+
+    @dataclasses.dataclass
+    class Second:
+        seed: int = 1
+        only_here: int = 2
+
+    @dataclasses.dataclass
+    class TwoSections:
+        first: First = dataclasses.field(default_factory=First)
+        second: Second = dataclasses.field(default_factory=Second)
+
+    cfg = TwoSections()
+    with pytest.raises(ConfigError, match=r"'seed' is a field of several sections \(first, second\)"):
+        set_field(cfg, "seed", "7")
+    set_field(cfg, "second.seed", "7")
+    set_field(cfg, "only_here", "9")  # unique bare names still work
+    assert (cfg.first.seed, cfg.second.seed, cfg.second.only_here) == (0, 7, 9)
     assert build_config("demo", ["seed=7"]).train.seed == 7
 
 
@@ -62,13 +87,59 @@ def test_round_trip_through_primitives():
     assert "sample_prompts = ('a', 'b')" in format_config(cfg)
 
 
+SECTIONS = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}  # name -> dataclass
+SECTION_OF_TYPE = {cls.__name__: name for name, cls in SECTIONS.items()}
+
+
+def section_reads(source: str) -> set[tuple[str, str]]:
+    """(section, field) pairs that code reads: `<expr>.<section>.<field>`, or `<name>.<field>` inside a function
+    where <name> is bound to `<expr>.<section>` (`tc = cfg.train`) or annotated with the section's dataclass
+    (`dc: DataConfig`). A bare `.device` on anything else is not a read of train.device."""
+    reads = set()
+    tree = ast.parse(source)
+    scopes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.Lambda))]
+    for scope in scopes:
+        aliases = {}
+        if not isinstance(scope, ast.Module):
+            for arg in scope.args.args + scope.args.kwonlyargs:
+                if arg.annotation is not None and ast.unparse(arg.annotation).strip("'\"") in SECTION_OF_TYPE:
+                    aliases[arg.arg] = SECTION_OF_TYPE[ast.unparse(arg.annotation).strip("'\"")]
+            for node in ast.walk(scope):
+                if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                    target, value = node.targets[0], node.value
+                    pairs = (zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and
+                             isinstance(value, ast.Tuple) else [(target, value)])
+                    for t, v in pairs:
+                        if isinstance(t, ast.Name) and isinstance(v, ast.Attribute) and v.attr in SECTIONS:
+                            aliases[t.id] = v.attr
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                owner = node.value
+                if isinstance(owner, ast.Attribute) and owner.attr in SECTIONS:
+                    reads.add((owner.attr, node.attr))
+                elif isinstance(owner, ast.Name) and owner.id in aliases:
+                    reads.add((aliases[owner.id], node.attr))
+    return reads
+
+
+def test_field_read_check_tells_reads_from_lookalikes():
+    assert section_reads("def f(x):\n    return x.device, x.seed, x.epochs") == set()
+    assert section_reads("def f(cfg):\n    return cfg.train.device") == {("train", "device")}
+    assert section_reads("def f(cfg):\n    tc, dc = cfg.train, cfg.data\n    return tc.seed + dc.num_frames") == {
+        ("train", "seed"), ("data", "num_frames")}
+    assert section_reads("def f(dc: 'DataConfig'):\n    return dc.image_size") == {("data", "image_size")}
+    assert section_reads("def f(dc: DiffusionConfig):\n    return dc.image_size") == {("diffusion", "image_size")}
+    assert section_reads("def f(cfg):\n    cfg.train.seed = 3") == set()  # a write is not a read
+
+
 def test_every_field_is_read_somewhere():
-    sources = "\n".join(p.read_text() for p in ROOT.rglob("*.py")
-                        if p.name != "config.py" and "tests" not in p.parts and ".git" not in p.parts)
-    for section in dataclasses.fields(Config):
-        for f in dataclasses.fields(section.type if not isinstance(section.type, str) else
-                                    type(getattr(Config(), section.name))):
-            assert re.search(rf"\.{f.name}\b", sources), f"{section.name}.{f.name} is never read"
+    reads = set()
+    for p in ROOT.rglob("*.py"):
+        if p.name != "config.py" and not {"tests", ".git"} & set(p.parts):
+            reads |= section_reads(p.read_text(encoding="utf-8"))
+    unread = [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+              if (name, f.name) not in reads]
+    assert unread == [], f"config fields never read: {unread}"
 
 
 def test_apply_overrides_keeps_order():

@@ -1,6 +1,5 @@
 """Tests for dataset.py and utils.gif.read_gif on small GIFs written into tmp_path."""
 import os
-import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -10,9 +9,10 @@ from PIL import Image
 
 import dataset
 from config import DataConfig
-from dataset import DataError, SignDataset, find_pairs, load_clip, sample_frame_indices, to_unit_range
+from dataset import DataError, SignDataset, find_pairs, load_clip, sample_frame_indices
 from utils.errors import UserError
 from utils.gif import GifReadError, read_gif, write_gif
+from utils.pixels import to_unit_range
 
 
 def save_pil_gif(path, images, duration=100):

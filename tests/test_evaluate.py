@@ -8,14 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from config import build_config
-from conftest import tiny_overrides
-from methods.evaluate import heldout_set, pick_captions, train_evaluator
-from methods.metrics import frechet_distance, psnr, retrieval_ranks, score_clips, seen_unseen, ssim, temporal_change
-from models.evaluator import load_evaluator, segment_shuffle
+import main
+from conftest import run, sets, tiny_overrides
+from methods.configure import load_config
+from methods.evaluation.captions import heldout_set, pick_captions
+from methods.evaluation.metrics import frechet_distance, psnr, retrieval_ranks, score_clips, seen_unseen, ssim, temporal_change
+from methods.evaluation.model import segment_shuffle
+from methods.evaluation.store import load_evaluator
+from methods.evaluation.training import train_evaluator
 from models.text_encoder import embed_captions
-from test_cli import run, sets
-from utils.synth import render_clip, write_dataset
+from data.synth import render_clip, write_dataset
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ def trained(tmp_path_factory, tiny_encoder):
     tmp = tmp_path_factory.mktemp("evaluator")
     data = tmp / "data"
     write_dataset(str(data), 300, seed=5, size=32, num_frames=16, holdout=12)
-    cfg = build_config("demo", tiny_overrides(tmp, str(data), tiny_encoder, **{
+    cfg = load_config("demo", tiny_overrides(tmp, str(data), tiny_encoder, **{
         "data.image_size": 32, "data.num_frames": 16, "data.val_fraction": 0.2, "eval.evaluator_dim": 32,
         "eval.evaluator_depth": 1, "eval.evaluator_steps": 600, "eval.evaluator_lr": 2e-3}))
     info = train_evaluator(cfg, quiet=True)
@@ -202,16 +204,17 @@ def test_evaluator_file_round_trip(trained):
 # CLI end to end
 
 
-def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder):
+def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkeypatch):
     data = tmp_path / "data"
     write_dataset(str(data), 16, seed=2, size=32, num_frames=8, holdout=3)
-    overrides = tiny_overrides(tmp_path, str(data), tiny_encoder, **{"train.max_steps": 2,
-                                                                     "train.checkpoint_every": 2})
+    overrides = tiny_overrides(tmp_path, str(data), tiny_encoder, **{"train.max_steps": 2, "train.checkpoint_every": 2,
+                                                                     "data.val_fraction": 0.2})  # 3 val captions
     r = run("train", *sets(overrides), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ckpt = str(tmp_path / "checkpoints" / "tiny" / "final.pt")
+    monkeypatch.chdir(tmp_path)
 
-    for args, needle in ((["--split", "test"], "--split must be val or train"), ([], "train-evaluator")):
+    for args, needle in ((["--split", "test"], "--split must be one of val, train"), ([], "train-evaluator")):
         r = run("evaluate", "--checkpoint", ckpt, *args, cwd=tmp_path)  # bad split; no evaluator yet
         assert r.returncode == 2 and needle in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
@@ -258,7 +261,7 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder):
 
     # Two clips per caption, batched across samples: the first is the clip of a one-sample run; grids show both.
     r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
-            "--samples", "2", "--batch_size", "4", "--out", str(tmp_path / "two.json"), cwd=tmp_path)
+            "--num_samples", "2", "--batch_size", "4", "--out", str(tmp_path / "two.json"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["samples_per_caption"] == 2 and "x 2 samples" in r.stderr
@@ -268,5 +271,23 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder):
         assert all(len(row["generated_ranks"]) == len(row["retrieved_as"]) == 2 for row in rows)
         with Image.open(rows[0]["grid"]) as grid:
             assert grid.size == (3 * 64 + 2 * 2, 64)  # real | sample 1 | sample 2
-    r = run("evaluate", "--checkpoint", ckpt, "--samples", "0", cwd=tmp_path)
-    assert r.returncode == 2 and "--samples must be >= 1" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    for args, needle in ((["--num_samples", "0"], "--num_samples must be >= 1"), (["--steps", "0"], "--steps must be in"),
+                         (["--steps", "51"], "--steps must be in [1, 50]"), (["--sampler", "euler"], "--sampler")):
+        assert main.main(["evaluate", "--checkpoint", ckpt, *args]) == 2  # in process: the same code, no start-up
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+
+    # The held-out captions get the same clips whichever split they are evaluated beside: 4 train captions but only
+    # 3 val captions come before them, so a seed taken from a caption's position in the run would differ.
+    runs = {}
+    for split in ("train", "val"):
+        out = tmp_path / f"split_{split}.json"
+        r = run("evaluate", "--checkpoint", ckpt, "--split", split, "--num_captions", "4", "--steps", "2",
+                "--out", str(out), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        runs[split] = json.loads(out.read_text())
+    assert (runs["train"]["groups"]["train"]["num_captions"], runs["val"]["groups"]["val"]["num_captions"]) == (4, 3)
+    held = [[(row["caption"], row["generated_ranks"], row["ssim"], row["psnr"]) for row in
+             runs[split]["groups"]["heldout"]["per_caption"]] for split in ("train", "val")]
+    assert held[0] == held[1]
+    assert runs["train"]["groups"]["heldout"]["frechet_distance"] == runs["val"]["groups"]["heldout"]["frechet_distance"]

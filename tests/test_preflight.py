@@ -7,10 +7,9 @@ import torch
 import methods.trainer
 import pre_training_checklist as checklist
 import verify_training_ready as verify
-from conftest import tiny_overrides
+from conftest import tiny_overrides, tinyfusion_state_dict
 from models import build_model
-from test_pretrained import tinyfusion_state_dict
-from utils.preflight import FAIL, PASS, Checks
+from preflight import FAIL, PASS, Checks
 
 
 def cli_args(tmp_path, data_dir, encoder, **extra):

@@ -1,15 +1,13 @@
 """Pretrained TinyDiT loading: rules, report, adapters (exact numbers), sources, failures, parameter counts."""
 import argparse
-import math
 import os
 import urllib.error
 
-import numpy as np
 import pytest
 import torch
 
 import main
-from conftest import tiny_overrides
+from conftest import dit_pos_embed, sets, tiny_overrides, tinyfusion_state_dict
 from models import DiT_models, build_model
 from models.pretrained import (RELEASE_FILE, abbreviate, adapt_final_linear, adapt_patch_embed, load_pretrained,
                                load_state_dict_into)
@@ -18,42 +16,6 @@ from utils.errors import UserError
 TEXT_DIM = 24
 ARCH = "DiT-Test/4"  # depth 2, hidden 32, patch 4: file and model share these
 TINYFUSION_PARAMS = 340_457_504
-
-
-def dit_pos_embed(dim: int, grid: int) -> np.ndarray:
-    """facebookresearch/DiT's get_2d_sincos_pos_embed (numpy), re-typed here as an independent reference."""
-    def one_d(d, pos):
-        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-    g = np.stack(np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32)), axis=0)
-    return np.concatenate([one_d(dim // 2, g[0]), one_d(dim // 2, g[1])], axis=1).astype(np.float32)
-
-
-def tinyfusion_state_dict(depth=2, hidden=32, patch=4, latent_grid=8, seed=0, num_classes=1000):
-    """A state dict in exactly TinyFusion's key format and layout (learn_sigma: 8 outputs per latent pixel).
-
-    Random values at a trained network's scale: weights N(0, 1/fan_in), biases N(0, 0.02^2).
-    """
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        fan_in = math.prod(shape[1:]) if len(shape) > 1 else 2500
-        return torch.randn(*shape, generator=g) / math.sqrt(fan_in)
-    sd = {"pos_embed": torch.from_numpy(dit_pos_embed(hidden, latent_grid // patch))[None],
-          "x_embedder.proj.weight": r(hidden, 4, patch, patch), "x_embedder.proj.bias": r(hidden),
-          "t_embedder.mlp.0.weight": r(hidden, 256), "t_embedder.mlp.0.bias": r(hidden),
-          "t_embedder.mlp.2.weight": r(hidden, hidden), "t_embedder.mlp.2.bias": r(hidden),
-          "y_embedder.embedding_table.weight": r(num_classes + 1, hidden)}
-    for i in range(depth):
-        for name, shape in [("attn.qkv", (3 * hidden, hidden)), ("attn.proj", (hidden, hidden)),
-                            ("mlp.fc1", (4 * hidden, hidden)), ("mlp.fc2", (hidden, 4 * hidden)),
-                            ("adaLN_modulation.1", (6 * hidden, hidden))]:
-            sd[f"blocks.{i}.{name}.weight"], sd[f"blocks.{i}.{name}.bias"] = r(*shape), r(shape[0])
-    sd["final_layer.linear.weight"], sd["final_layer.linear.bias"] = r(patch * patch * 8, hidden), r(patch ** 2 * 8)
-    sd["final_layer.adaLN_modulation.1.weight"] = r(2 * hidden, hidden)
-    sd["final_layer.adaLN_modulation.1.bias"] = r(2 * hidden)
-    return sd
 
 
 def tiny_model(image_size=16, **kwargs):
@@ -288,7 +250,7 @@ def test_train_cli_reports_and_rejects_pretrained(tmp_path, synth_dir, tiny_enco
     def train(path):
         overrides = tiny_overrides(tmp_path, synth_dir, tiny_encoder, **{"model.pretrained": path,
                                                                          "train.max_steps": 1})
-        return main.main(["train", *[a for o in overrides for a in ("--set", o)]])
+        return main.main(["train", *sets(overrides)])
     assert train(good) == 0
     assert "loaded exactly        27 tensors" in capsys.readouterr().err
     assert train(bad) == 2

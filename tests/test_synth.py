@@ -7,8 +7,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from utils import synth
-from utils.synth import VOCAB, describe_vocab, holdout_combinations, render_clip, sample_captions, write_dataset
+from data import synth
+from data.synth import VOCAB, describe_vocab, holdout_combinations, render_clip, sample_captions, write_dataset
 
 REQUIRED = ("hello thank you yes no please help more stop go eat drink home friend love want good bad "
             "name what where sorry work learn").split()

@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea_mod
 from methods.checkpoint import load_checkpoint
 from methods.trainer import Trainer
 from utils.gif import safe_filename
-from utils.tb_logger import CATEGORIES
+from methods.tb_logger import CATEGORIES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "start_tensorboard.sh")

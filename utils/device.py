@@ -7,6 +7,8 @@ import torch
 
 from utils.errors import UserError
 
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+
 
 def select_device(name: str = "auto") -> torch.device:
     """auto picks CUDA, then MPS, then CPU; an explicit device that is absent is a user error."""

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 
 import imageio.v3 as iio
 import numpy as np
 from PIL import Image
+
+from utils.atomic import atomic_write
 
 # Browsers play GIF frames with no delay or a delay of <= 10 ms at 100 ms; we read durations the same way.
 DEFAULT_DURATION_MS = 100.0
@@ -67,20 +67,10 @@ def gif_bytes(frames: np.ndarray, duration_ms: int = 100) -> bytes:
 
 
 def write_gif(path: str, frames: np.ndarray, duration_ms: int = 100) -> None:
-    """Write (T, H, W, 3) uint8 frames as a looping GIF, atomically (temp file + rename)."""
+    """Write (T, H, W, 3) uint8 frames as a looping GIF, atomically."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"write_gif expects (T, H, W, 3) uint8 frames, got {frames.dtype} {frames.shape}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".gif", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(gif_bytes(frames, duration_ms))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a GIF should be as readable as any new file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    data = gif_bytes(frames, duration_ms)
+    with atomic_write(path) as f:
+        f.write(data)

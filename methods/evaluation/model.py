@@ -9,25 +9,21 @@ input, and training shows time-reversed and segment-shuffled copies of each clip
 shuffled signing scores lower.
 Text tower: the frozen encoder's contextual token embeddings (one per token, padding masked) -> linear + 1D sin-cos
 token positions -> `depth` masked transformer layers -> attention pooling: word order changes the embedding.
-Both embeddings are L2-normalised; similarity is their dot product. Training (symmetric InfoNCE) lives in
-methods/evaluate.py. Saved as a dict of one state_dict and primitives, loadable with torch.load(weights_only=True).
+Both embeddings are L2-normalised; similarity is their dot product. Training (symmetric InfoNCE) is in training.py,
+saving and loading in store.py.
 """
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dataset import to_unit_range
-from methods.checkpoint import save_checkpoint
 from models.blocks import Attention, CrossAttention, Mlp, PatchEmbed, sincos_1d, sincos_2d
-from utils.errors import UserError
+from utils.pixels import to_unit_range
 
-KIND = "text2sign-evaluator"
 HEADS = 4
 POOL_QUERIES = 4
 
@@ -177,55 +173,3 @@ def segment_shuffle(num_frames: int, seed: int, segments: int = 4) -> torch.Tens
 def reorderings(num_frames: int) -> dict[str, torch.Tensor]:
     """The fixed frame orders a clip is checked against: played backwards, and in shuffled segments."""
     return {"reversed": torch.arange(num_frames - 1, -1, -1), "shuffled": segment_shuffle(num_frames, 0)}
-
-
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Per-clip brightness / contrast jitter and pixel noise, so generated clips' artefacts are not out of domain."""
-    B = x.shape[0]
-    shape = (B,) + (1,) * (x.dim() - 1)
-    gain, bias = 1 + 0.2 * (torch.rand(shape, generator=g) - 0.5), 0.2 * (torch.rand(shape, generator=g) - 0.5)
-    noise = torch.randn(x.shape, generator=g) * 0.08 * torch.rand(shape, generator=g)
-    return (x * gain + bias + noise).clamp(-1, 1)
-
-
-def info_nce(video: torch.Tensor, text: torch.Tensor, pos: torch.Tensor, scale: torch.Tensor,
-             video_neg: torch.Tensor | None = None, text_neg: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE with repeated captions and extra negatives.
-
-    video (B, D) and text (U, D) normalised; pos (B,) = row of each clip's caption in `text` (several clips may share
-    one); video_neg (M, D) clips that match no caption (reversed / shuffled), text_neg (R, D) captions that match
-    no clip (words reordered). Clip -> caption: cross-entropy over text + text_neg. Caption -> clip: the target is
-    spread evenly over that caption's clips among video + video_neg.
-    """
-    texts = text if text_neg is None else torch.cat([text, text_neg])
-    v2t = F.cross_entropy(scale * video @ texts.T, pos)
-    videos = video if video_neg is None else torch.cat([video, video_neg])
-    logits = scale * text @ videos.T  # (U, B + M)
-    target = torch.zeros_like(logits)
-    target[pos, torch.arange(video.shape[0], device=video.device)] = 1.0
-    target = target / target.sum(1, keepdim=True).clamp(min=1)
-    keep = target.sum(1) > 0  # every row of `text` should have a clip; guard anyway
-    t2v = -(target * F.log_softmax(logits, dim=1)).sum(1)[keep].mean()
-    return (v2t + t2v) / 2
-
-
-def save_evaluator(path: str, model: Evaluator, **meta) -> None:
-    """meta: primitives only (encoder name, max_length, data settings, validation numbers)."""
-    save_checkpoint(path, {"kind": KIND, "hparams": dict(model.hparams),
-                           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta})
-
-
-def load_evaluator(path: str, device="cpu") -> tuple[Evaluator, dict]:
-    """(model in eval mode, the saved dict without weights). A missing or foreign file is a one-line UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"no evaluator at {path}: run `python main.py train-evaluator` with the data and "
-                        f"--preset/--set of the model's training first (or pass --evaluator PATH)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated / foreign files
-        raise UserError(f"cannot read evaluator {path}: {type(err).__name__}") from None
-    if not isinstance(state, dict) or state.get("kind") != KIND:
-        raise UserError(f"{path} is not a Text2Sign evaluator (made by `python main.py train-evaluator`)")
-    model = Evaluator(**state["hparams"])
-    model.load_state_dict(state.pop("state_dict"))
-    return model.to(device).eval(), state

@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from config import Config, build_config
-from main import add_config_args
+from config import Config, add_config_args
+from methods.configure import load_config
 from utils.errors import UserError
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -79,7 +79,7 @@ def parse_args(description: str, argv: list[str] | None,
 
 
 def check_config(preset: str, overrides: list[str]) -> tuple[str, str, Config]:
-    cfg = build_config(preset, overrides)
+    cfg = load_config(preset, overrides)
     return PASS, f"preset {preset}, model {cfg.model.arch}, data {cfg.data.data_dir}", cfg
 
 

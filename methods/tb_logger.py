@@ -21,9 +21,10 @@ import time
 import numpy as np
 import torch
 
-from utils import train_stats as ts
+from config import TrainConfig
+from methods import train_stats as ts
 from utils.gif import gif_bytes, safe_filename
-from utils.tb_images import clip_grid, frame_strip, png_bytes, scatter_plot, upscale
+from methods.tb_images import clip_grid, frame_strip, png_bytes, scatter_plot, upscale
 
 CATEGORIES = ("01_Training", "02_Loss_Components", "03_Epoch_Summary", "04_Learning_Rate", "05_Performance",
               "06_Diffusion", "07_Noise_Analysis", "08_Model_Architecture", "09_Parameter_Stats",
@@ -51,7 +52,7 @@ def is_main_process() -> bool:
 class TBLogger:
     """One run folder's event writer plus the running windows that the logged means are taken over."""
 
-    def __init__(self, run_dir: str, tc, total_steps: int):
+    def __init__(self, run_dir: str, tc: TrainConfig, total_steps: int):
         self.run_dir, self.total_steps = run_dir, total_steps
         self.enabled = bool(tc.tensorboard) and is_main_process()
         self.log_every, self.stats_every, self.hist_every = tc.log_every, tc.stats_every, tc.hist_every

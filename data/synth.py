@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
 import numpy as np
 
+from config import DataConfig
+from dataset import HELDOUT_DIR, has_clips
+from utils.atomic import atomic_write
 from utils.gif import write_gif
 
 COLOURS = {
@@ -344,36 +348,43 @@ def describe_vocab() -> str:
 
 def _write_pair(folder: str, name: str, words: tuple[str, ...], size: int, num_frames: int, variation_seed: int):
     write_gif(os.path.join(folder, name + ".gif"), render_clip(words, size, num_frames, variation_seed))
-    with open(os.path.join(folder, name + ".txt"), "w", encoding="utf-8", newline="\n") as f:
+    with atomic_write(os.path.join(folder, name + ".txt"), "w") as f:
         f.write(" ".join(words) + "\n")
 
 
 def write_dataset(out_dir: str, num: int, seed: int = 0, size: int = 64, num_frames: int = 24,
                   holdout: int = 0, command: str | None = None) -> dict:
-    """Write num <name>.gif + <name>.txt clips (and held-out combinations under heldout/) plus README.txt."""
+    """Write num <name>.gif + <name>.txt clips (and held-out combinations under HELDOUT_DIR/) plus README.txt."""
     held = holdout_combinations(seed, holdout) if holdout > 0 else []
     captions = sample_captions(num, seed, exclude=held)
     variations = np.random.default_rng([seed, 2]).integers(0, 2**31, size=num + len(held))
     os.makedirs(out_dir, exist_ok=True)
     for i, words in enumerate(captions):
         _write_pair(out_dir, f"synth_{i:05d}", words, size, num_frames, int(variations[i]))
-    if held:
-        os.makedirs(os.path.join(out_dir, "heldout"), exist_ok=True)
     for i, words in enumerate(held):
         seed_i = int(variations[num + i])
-        _write_pair(os.path.join(out_dir, "heldout"), f"heldout_{i:05d}", words, size, num_frames, seed_i)
+        _write_pair(os.path.join(out_dir, HELDOUT_DIR), f"heldout_{i:05d}", words, size, num_frames, seed_i)
     if command is None:
-        command = (f"python -c \"from utils.synth import write_dataset; write_dataset('<out_dir>', num={num}, "
+        command = (f"python -c \"from data.synth import write_dataset; write_dataset('<out_dir>', num={num}, "
                    f"seed={seed}, size={size}, num_frames={num_frames}, holdout={holdout})\"")
     readme = (
-        "Text2Sign synthetic sign-language clips (procedural, utils/synth.py).\n\n"
+        "Text2Sign synthetic sign-language clips (procedural, data/synth.py).\n\n"
         "A cartoon signer moves coloured hands along one fixed motion per word; the words of a caption\n"
         "share the clip time equally and in order. Each <name>.gif has a caption in <name>.txt.\n"
-        + (f"heldout/ holds {len(held)} word combinations that never occur in the training clips,\n"
+        + (f"{HELDOUT_DIR}/ holds {len(held)} word combinations that never occur in the training clips,\n"
            "not even inside a longer caption; every word of them does occur.\n" if held else "")
         + f"\nclips: {len(captions)}  heldout: {len(held)}  seed: {seed}  size: {size}x{size}  frames: {num_frames}\n"
         f"command: {command}\n\n{describe_vocab()}\n"
     )
-    with open(os.path.join(out_dir, "README.txt"), "w", encoding="utf-8", newline="\n") as f:
+    with atomic_write(os.path.join(out_dir, "README.txt"), "w") as f:
         f.write(readme)
     return {"clips": len(captions), "heldout": len(held), "out_dir": out_dir}
+
+
+def ensure_data(dc: DataConfig) -> None:
+    """With data.synth_if_missing (the demo preset), write the built-in synthetic set when data_dir has no clips."""
+    if dc.synth_if_missing and not has_clips(dc.data_dir):
+        print(f"no clips in {dc.data_dir}: writing the built-in synthetic sign set ({dc.synth_num} clips, "
+              f"seed {dc.synth_seed})", file=sys.stderr)
+        write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, holdout=dc.synth_holdout,
+                      command="python main.py train (demo preset)")

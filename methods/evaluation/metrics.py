@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.evaluator import Evaluator, reorderings
+from methods.evaluation.model import Evaluator, reorderings
 
 
 def retrieval_ranks(video: torch.Tensor, text: torch.Tensor) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataset import to_uint8
+from utils.pixels import to_uint8
 
 
 class StepClock:

@@ -1,0 +1,1 @@
+"""Data sources beside dataset.py: the built-in synthetic signer (synth.py)."""

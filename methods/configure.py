@@ -1,0 +1,44 @@
+"""The configuration a command runs with: config.py's typed fields and ranges, plus the choices whose owners
+(schedulers, diffusion, models, data, device) define the allowed names. config.py imports none of them, so this
+module, above them all, joins the two."""
+from __future__ import annotations
+
+from config import Config, ConfigError, apply_overrides, build_config
+from dataset import RESIZE_MODES
+from diffusion import PREDICTIONS, SAMPLERS
+from models import DiT_models
+from schedulers import LR_SCHEDULES, SCHEDULES
+from utils.device import PRECISIONS
+
+# field -> the owner's collection of allowed names (referenced, never retyped)
+CHOICES = {
+    "data.resize_mode": RESIZE_MODES, "model.arch": DiT_models, "diffusion.schedule": SCHEDULES,
+    "diffusion.prediction": PREDICTIONS, "diffusion.sampler": SAMPLERS, "train.lr_schedule": LR_SCHEDULES,
+    "train.precision": PRECISIONS,
+}
+
+
+def check_choices(cfg: Config) -> Config:
+    """Every choice field names something its owner defines, and the frame size fits the model's patches."""
+    for dotted, allowed in CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}={value!r} must be one of {', '.join(sorted(allowed))}")
+    patch = DiT_models[cfg.model.arch]["patch_size"]
+    if cfg.data.image_size % patch:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of the patch size {patch} "
+                          f"of model.arch={cfg.model.arch}")
+    return cfg
+
+
+def load_config(preset: str, overrides: list[str] | None = None) -> Config:
+    """A named preset with --set overrides, fully checked."""
+    return check_choices(build_config(preset, overrides))
+
+
+def config_from_checkpoint(state: dict, overrides: list[str] | None = None) -> Config:
+    """The configuration a checkpoint was trained with (`--set` may still change fields), fully checked."""
+    cfg = apply_overrides(Config.from_dict(state["config"]), overrides or [])
+    cfg.validate()
+    return check_choices(cfg)

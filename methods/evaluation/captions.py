@@ -1,0 +1,43 @@
+"""Which captions and real clips an evaluation compares: a split's distinct captions, the held-out combinations,
+and which captions the model saw in training."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from config import DataConfig
+from dataset import HELDOUT_DIR, SignDataset, find_pairs, has_clips, select_split
+
+
+def heldout_set(dc: DataConfig) -> SignDataset | None:
+    """The data folder's held-out word combinations (never seen in training), when it has any."""
+    folder = os.path.join(dc.data_dir, HELDOUT_DIR)
+    if not has_clips(folder):
+        return None
+    return SignDataset(dataclasses.replace(dc, data_dir=folder), "all", quiet=True)
+
+
+def pick_captions(ds: SignDataset, k: int, seed: int) -> tuple[list[str], list[int]]:
+    """Up to k distinct captions (seeded choice, data order) and the index of the first real clip of each."""
+    first: dict[str, int] = {}
+    for i, c in enumerate(ds.captions):
+        first.setdefault(c, i)
+    names = list(first)
+    if len(names) > k:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(names), size=k, replace=False))
+        names = [names[i] for i in chosen]
+    return names, [first[c] for c in names]
+
+
+def reversed_words(caption: str) -> str | None:
+    """The caption with its words in reverse order, when that is a different caption."""
+    words = caption.split()
+    return " ".join(words[::-1]) if len(words) > 1 and words != words[::-1] else None
+
+
+def training_captions(dc: DataConfig) -> set[str]:
+    """Captions of the train split, from the file names and .txt files only (no decoding)."""
+    pairs, _ = find_pairs(dc.data_dir)
+    return {c for _, c in select_split(pairs, "train", dc.val_fraction)}

@@ -1,0 +1,37 @@
+"""Evaluator files: a dict of one state_dict and primitives, written atomically, loadable with weights_only=True."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from methods.evaluation.model import Evaluator
+from utils.atomic import atomic_write
+from utils.errors import UserError
+
+KIND = "text2sign-evaluator"
+EVALUATOR_FILE = "evaluator.pt"  # written next to the experiment's checkpoints; `evaluate` looks for it there
+
+
+def save_evaluator(path: str, model: Evaluator, **meta) -> None:
+    """meta: primitives only (encoder name, max_length, data settings, validation numbers)."""
+    state = {"kind": KIND, "hparams": dict(model.hparams),
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **meta}
+    with atomic_write(path) as f:
+        torch.save(state, f)
+
+
+def load_evaluator(path: str, device="cpu") -> tuple[Evaluator, dict]:
+    """(model in eval mode, the saved dict without weights). A missing or foreign file is a one-line UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"no evaluator at {path}: run `python main.py train-evaluator` with the data and "
+                        f"--preset/--set of the model's training first (or pass --evaluator PATH)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated / foreign files
+        raise UserError(f"cannot read evaluator {path}: {type(err).__name__}") from None
+    if not isinstance(state, dict) or state.get("kind") != KIND:
+        raise UserError(f"{path} is not a Text2Sign evaluator (made by `python main.py train-evaluator`)")
+    model = Evaluator(**state["hparams"])
+    model.load_state_dict(state.pop("state_dict"))
+    return model.to(device).eval(), state
