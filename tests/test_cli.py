@@ -2,6 +2,7 @@
 import os
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 
 from conftest import run, sets, tiny_overrides
@@ -35,6 +36,16 @@ def test_synth_train_resume_sample(tmp_path, tiny_encoder):
     assert [os.path.basename(p) for p in paths] == ["etc_hello_seed0.gif", "etc_hello_seed0_1.gif"]
     frames = iio.imread(paths[0], index=None)
     assert frames.shape[1:] == (16, 16, 3) and 1 <= frames.shape[0] <= 4
+    assert "never in the training captions" in r.stderr and "'etc'" in r.stderr
+
+    # The same caption gets the same clip whatever it is sampled beside; --steps 0 no longer means "default".
+    r = run("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "zebra hello", "--text", "../../etc/hello?*",
+            "--steps", "3", "--output_dir", str(out / "pair"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(iio.imread(r.stdout.split()[1], index=None), frames)
+    assert r.stderr.count("warning: never in the training captions") == 1 and "'zebra'" in r.stderr
+    r = run("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "hi", "--steps", "0", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --steps must be in [1, 50] (the model's diffusion.timesteps), got 0"
 
 
 @pytest.mark.parametrize("args, needle", [

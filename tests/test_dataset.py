@@ -315,3 +315,25 @@ def test_train_never_empty(tmp_path):
     assert len(train) == 1 and len(val) == 2
     with pytest.raises(ValueError):
         SignDataset(cfg, "test", quiet=True)
+
+
+def test_upper_case_gif_folders_count_as_clips_everywhere(tmp_path, capsys):
+    """One folder rule: x.GIF is a clip for discovery, for the demo's 'write the synthetic set if empty' and for the
+    held-out folder (a case-sensitive glob used to call such a folder empty and write 600 clips into it)."""
+    from data.synth import ensure_data
+    from methods.evaluation.captions import heldout_set
+
+    folder = tmp_path / "clips"
+    (folder / dataset.HELDOUT_DIR).mkdir(parents=True)
+    for sub, name in ((folder, "A"), (folder, "B"), (folder / dataset.HELDOUT_DIR, "C")):
+        grey_ramp_gif(sub / f"{name}.GIF", 3)
+        (sub / f"{name}.txt").write_text(f"caption {name.lower()}")
+    (folder / ".hidden.gif").write_bytes(b"not a clip")
+    assert dataset.clip_files(str(folder)) == ["A.GIF", "B.GIF"] and dataset.has_clips(str(folder))
+    cfg = DataConfig(data_dir=str(folder), num_frames=2, image_size=8, cache_dir=str(tmp_path / "cache"),
+                     synth_if_missing=True, synth_num=5)
+    ensure_data(cfg)
+    assert sorted(os.listdir(folder)) == [".hidden.gif", "A.GIF", "A.txt", "B.GIF", "B.txt", dataset.HELDOUT_DIR]
+    assert [c for _, c in find_pairs(str(folder))[0]] == ["caption a", "caption b"]
+    assert heldout_set(cfg).captions == ["caption c"]
+    assert capsys.readouterr().err == ""

@@ -287,7 +287,8 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
         assert r.returncode == 0, r.stderr
         runs[split] = json.loads(out.read_text())
     assert (runs["train"]["groups"]["train"]["num_captions"], runs["val"]["groups"]["val"]["num_captions"]) == (4, 3)
-    held = [[(row["caption"], row["generated_ranks"], row["ssim"], row["psnr"]) for row in
-             runs[split]["groups"]["heldout"]["per_caption"]] for split in ("train", "val")]
-    assert held[0] == held[1]
-    assert runs["train"]["groups"]["heldout"]["frechet_distance"] == runs["val"]["groups"]["heldout"]["frechet_distance"]
+    held = [runs[split]["groups"]["heldout"] for split in ("train", "val")]
+    assert [(r["caption"], r["generated_ranks"]) for r in held[0]["per_caption"]] == \
+        [(r["caption"], r["generated_ranks"]) for r in held[1]["per_caption"]]
+    for key in ("ssim", "psnr", "frechet_distance", "temporal_change_generated"):  # batching may move the last bits
+        assert held[0][key] == pytest.approx(held[1][key], abs=1e-4), key
