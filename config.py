@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -16,6 +17,10 @@ from utils.errors import UserError
 
 class ConfigError(UserError):
     """A configuration mistake, naming the field."""
+
+
+MAX_FRAMES = 512  # clip length bound: 512 frames of 512x512 already take 400 MB per clip
+MAX_IMAGE_SIZE = 1024  # frame size bound: beyond any pixel-space video model, and its clips would not fit in memory
 
 
 @dataclass
@@ -123,9 +128,15 @@ class Config:
     def validate(self) -> None:
         """Reject values out of range, naming the field. Names chosen from an owner's table (model.arch,
         diffusion.schedule, ...) are checked by methods.configure.check_choices, which can import the owners."""
+        for section in dataclasses.fields(self):
+            for f in dataclasses.fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{section.name}.{f.name}={value!r} must be a finite number")
         checks = [
-            ("data.num_frames", self.data.num_frames >= 1, "must be >= 1"),
-            ("data.image_size", self.data.image_size >= 8, "must be >= 8"),
+            ("data.data_dir", bool(self.data.data_dir.strip()), "must name a folder"),
+            ("data.num_frames", 1 <= self.data.num_frames <= MAX_FRAMES, f"must be in [1, {MAX_FRAMES}]"),
+            ("data.image_size", 8 <= self.data.image_size <= MAX_IMAGE_SIZE, f"must be in [8, {MAX_IMAGE_SIZE}]"),
             ("data.val_fraction", 0.0 <= self.data.val_fraction < 1.0, "must be in [0, 1)"),
             ("data.synth_num", self.data.synth_num >= 1, "must be >= 1"),
             ("data.synth_holdout", self.data.synth_holdout >= 0, "must be >= 0"),
@@ -142,8 +153,9 @@ class Config:
             ("train.max_steps", self.train.max_steps >= 0, "must be >= 0"),
             ("train.batch_size", self.train.batch_size >= 1, "must be >= 1"),
             ("train.grad_accum", self.train.grad_accum >= 1, "must be >= 1"),
-            ("train.lr", self.train.lr > 0, "must be > 0"),
-            ("train.weight_decay", self.train.weight_decay >= 0, "must be >= 0"),
+            ("train.lr", 0 < self.train.lr <= 1, "must be in (0, 1]"),
+            ("train.weight_decay", 0 <= self.train.weight_decay and self.train.lr * self.train.weight_decay < 1,
+             "must be >= 0 with train.lr * train.weight_decay < 1 (AdamW shrinks weights by that factor each step)"),
             ("train.grad_clip", self.train.grad_clip >= 0, "must be >= 0"),
             ("train.warmup_steps", self.train.warmup_steps >= 0, "must be >= 0"),
             ("train.ema_decay", 0.0 <= self.train.ema_decay < 1.0, "must be in [0, 1)"),
@@ -152,11 +164,13 @@ class Config:
             ("train.stats_every", self.train.stats_every >= 0, "must be >= 0"),
             ("train.hist_every", self.train.hist_every >= 0, "must be >= 0"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 1, "must be >= 1"),
+            ("train.seed", 0 <= self.train.seed < 2**63, "must be in [0, 2**63)"),
+            ("data.synth_seed", 0 <= self.data.synth_seed < 2**63, "must be in [0, 2**63)"),
+            ("train.sample_prompts", all(p.strip() for p in self.train.sample_prompts), "must not hold empty captions"),
             ("train.exp_name", _safe_name(self.train.exp_name), "must be letters, digits, '-', '_' or '.'"),
             ("eval.evaluator_dim", self.eval.evaluator_dim >= 4 and self.eval.evaluator_dim % 4 == 0,
              "must be a positive multiple of 4"),
-            ("eval.evaluator_patch", self.eval.evaluator_patch >= 1 and
-             self.data.image_size % self.eval.evaluator_patch == 0, "must divide data.image_size"),
+            ("eval.evaluator_patch", self.eval.evaluator_patch >= 1, "must be >= 1"),
             ("eval.evaluator_depth", self.eval.evaluator_depth >= 1, "must be >= 1"),
             ("eval.evaluator_steps", self.eval.evaluator_steps >= 1, "must be >= 1"),
             ("eval.evaluator_batch_size", self.eval.evaluator_batch_size >= 2, "must be >= 2"),

@@ -1,6 +1,7 @@
 """Sign-language GIF + caption dataset: discover, decode once, cache, hold in memory as uint8.
 
-A data folder is flat: `<name>.gif` with a same-stem `<name>.txt` caption (UTF-8). Each GIF is decoded once
+Which files are clips and captions, what is skipped and the train/val split are data/folder.py's rules. Each GIF is
+decoded once
 (`load_clip`): all frames to RGB, `num_frames` frames sampled evenly over the clip's playback TIME (per-frame
 durations, so a held pose counts for as long as it is shown), resized aspect-preserving to
 `image_size x image_size` (never a blind center crop that cuts off hands), and cached on disk as a uint8
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sys
 
 import numpy as np
@@ -20,94 +20,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from config import DataConfig
+from data.folder import HOW_TO_GET_DATA, DataError, find_pairs, select_split, shown, warn_skipped
 from utils.atomic import atomic_write
-from utils.errors import UserError
 from utils.gif import read_gif
 from utils.pixels import to_unit_range
 
 CACHE_VERSION = 1  # bump when decoding/preprocessing changes so stale cache entries are not reused
-HOW_TO_GET_DATA = "run `python main.py synth-data --out <dir>` for the built-in synthetic set"
-CLIP_SUFFIX = ".gif"  # matched case-insensitively: x.GIF is a clip too
-CAPTION_SUFFIX = ".txt"
-HELDOUT_DIR = "heldout"  # subfolder of word combinations kept out of training (`evaluate`'s unseen captions)
 RESIZE_MODES = ("pad", "crop")
-
-
-class DataError(UserError):
-    """The data folder is missing, empty, or holds no usable GIF + caption pair."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Discovery
-
-
-def clip_files(folder: str) -> list[str]:
-    """Sorted names of the clip files directly in `folder` (hidden files, e.g. macOS "._x.gif", never count)."""
-    if not os.path.isdir(folder):
-        return []
-    return sorted(n for n in os.listdir(folder) if n.lower().endswith(CLIP_SUFFIX) and not n.startswith(".")
-                  and os.path.isfile(os.path.join(folder, n)))
-
-
-def has_clips(folder: str) -> bool:
-    return bool(clip_files(folder))
-
-
-def clip_stem(path: str) -> str:
-    """A clip's name without folder and suffix: what its caption file and its train/val split are keyed by."""
-    return os.path.basename(path)[:-len(CLIP_SUFFIX)]
-
-
-def caption_words(caption: str) -> list[str]:
-    """Lower-case words of a caption (letters and digits; punctuation separates words)."""
-    return re.findall(r"\w+", caption.lower())
-
-
-def find_pairs(data_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(clip_path, caption) pairs sorted by file name, and (file name, reason) for clips without a caption."""
-    expected = f"expected a folder of <name>.gif clips each with a <name>.txt caption; {HOW_TO_GET_DATA}"
-    if not os.path.isdir(data_dir):
-        raise DataError(f"data folder '{data_dir}' does not exist: {expected.replace('<dir>', data_dir)}")
-    clips = clip_files(data_dir)
-    if not clips:
-        raise DataError(f"no .gif files in '{data_dir}': {expected.replace('<dir>', data_dir)}")
-    txts = {n[:-len(CAPTION_SUFFIX)]: n for n in os.listdir(data_dir) if n.lower().endswith(CAPTION_SUFFIX)
-            and not n.startswith(".") and os.path.isfile(os.path.join(data_dir, n))}
-    pairs, skipped = [], []
-    for name in clips:
-        stem = clip_stem(name)
-        if stem not in txts:
-            skipped.append((name, "no caption"))
-            continue
-        try:
-            with open(os.path.join(data_dir, txts[stem]), encoding="utf-8-sig") as f:
-                caption = " ".join(f.read().split())  # strip and collapse whitespace/newlines
-        except (OSError, UnicodeDecodeError) as e:
-            skipped.append((name, f"unreadable caption: {type(e).__name__}"))
-            continue
-        if not caption:
-            skipped.append((name, "empty caption"))
-            continue
-        pairs.append((os.path.join(data_dir, name), caption))
-    return pairs, skipped
-
-
-def split_of(stem: str, val_fraction: float) -> str:
-    """'val' or 'train' from a hash of the stem alone, so adding files never moves the others."""
-    frac = int(hashlib.sha1(stem.encode("utf-8")).hexdigest()[:15], 16) / 16**15
-    return "val" if frac < val_fraction else "train"
-
-
-def select_split(pairs: list[tuple[str, str]], split: str, val_fraction: float) -> list[tuple[str, str]]:
-    """The pairs of one split ("train", "val" or "all"); train is never empty while there are pairs."""
-    if split == "all":
-        return pairs
-    stems = [clip_stem(p) for p, _ in pairs]
-    is_val = [split_of(stem, val_fraction) == "val" for stem in stems]
-    if pairs and all(is_val):
-        # train must never be empty: hand the clip with the largest stem back to train
-        is_val[max(range(len(stems)), key=lambda k: stems[k])] = False
-    return [p for p, v in zip(pairs, is_val) if v == (split == "val")]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,12 +122,6 @@ def _write_cache(cache_file: str, clip: np.ndarray) -> None:
         np.save(f, clip, allow_pickle=False)
 
 
-def _warn_skipped(data_dir: str, skipped: list[tuple[str, str]], limit: int = 10) -> None:
-    items = [f"{name} ({reason})" for name, reason in skipped[:limit]]
-    more = f", ... and {len(skipped) - limit} more" if len(skipped) > limit else ""
-    print(f"warning: skipped {len(skipped)} file(s) in {data_dir}: {', '.join(items)}{more}", file=sys.stderr)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Dataset
 
@@ -236,7 +149,7 @@ class SignDataset(torch.utils.data.Dataset):
                 cache_file = _cache_path(cfg.cache_dir, path, t, s, cfg.resize_mode)
             except OSError as e:
                 cache_file = None
-                self.skipped.append((os.path.basename(path), f"unreadable: {e}"))
+                self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
             clip = _read_cache(cache_file, (t, s, s, 3)) if cache_file else None
             clips.append(clip)
             if clip is None and cache_file:
@@ -247,14 +160,14 @@ class SignDataset(torch.utils.data.Dataset):
             try:
                 clips[i] = load_clip(path, t, s, cfg.resize_mode)
             except ValueError as e:  # GifReadError: corrupt / truncated / not an image
-                self.skipped.append((os.path.basename(path), f"unreadable: {e}"))
+                self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
                 continue
             _write_cache(cache_file, clips[i])
 
         keep = [i for i, c in enumerate(clips) if c is not None]
         self.skipped.sort()
         if self.skipped and not quiet:
-            _warn_skipped(cfg.data_dir, self.skipped)
+            warn_skipped(cfg.data_dir, self.skipped, len(keep), sys.stderr)
         if not keep and split != "val":  # an empty val split is fine for tiny sets
             raise DataError(f"no usable clips for split '{split}' in '{cfg.data_dir}' "
                             f"({len(self.skipped)} file(s) skipped): expected <name>.gif + <name>.txt "

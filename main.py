@@ -37,8 +37,12 @@ def cmd_train(args) -> int:
     trainer.train()
     if trainer.interrupted:
         signum = trainer.stop_signal or signal.SIGINT
-        print(f"stopped by {signal.Signals(signum).name} at step {trainer.step}: {trainer.exp_dir}/latest.pt saved; "
-              f"continue with `python main.py train --resume`", file=sys.stderr)
+        if trainer.stop_saved:
+            print(f"stopped by {signal.Signals(signum).name} at step {trainer.step}: {trainer.exp_dir}/latest.pt "
+                  f"saved; continue with `python main.py train --resume`", file=sys.stderr)
+        else:
+            print(f"stopped by {signal.Signals(signum).name} at step {trainer.step}, but latest.pt could not be saved "
+                  f"(see the warning above); {trainer.last_checkpoint_text()}", file=sys.stderr)
         return 128 + signum
     print(f"checkpoints: {trainer.exp_dir}\nsamples: {trainer.sample_dir}\nlogs: {trainer.run_dir}")
     return 0
@@ -56,6 +60,8 @@ def cmd_sample(args) -> int:
 
     if args.num_samples < 1:
         raise UserError(f"--num_samples must be >= 1, got {args.num_samples}")
+    if not all(t.strip() for t in args.text):
+        raise UserError("--text must not be empty or only spaces")
     device = select_device(args.device)
     cfg, model, diffusion, state = load_ema_model(args.checkpoint, device)
     settings = SamplingSettings.resolve(cfg.diffusion, **sampling_flags(args))
@@ -117,7 +123,7 @@ def cmd_config(args) -> int:
 
 def cmd_synth_data(args) -> int:
     from data.synth import describe_vocab, write_dataset
-    from dataset import HELDOUT_DIR
+    from data.folder import HELDOUT_DIR
 
     if args.list_words:
         print(describe_vocab())

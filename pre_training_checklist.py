@@ -39,7 +39,7 @@ ACTIVATION_VALUES = {True: 7, False: 40}
 
 
 def check_data_folder(data_dir: str, synth_if_missing: bool, synth_num: int):
-    from dataset import DataError, find_pairs, has_clips
+    from data.folder import DataError, find_pairs, has_clips
 
     try:
         pairs, skipped = find_pairs(data_dir)
@@ -248,7 +248,7 @@ def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
     data = checks.run("data folder", check_data_folder, dc.data_dir, dc.synth_if_missing, dc.synth_num)
     n_train = dc.synth_num
     if data is not None:
-        from dataset import select_split
+        from data.folder import select_split
 
         pairs, skipped = data
         checks.run("captions present", check_captions, pairs, skipped)

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from config import build_config  # noqa: E402
+from methods.configure import load_config  # noqa: E402
 from dataset import SignDataset  # noqa: E402
 from methods.trainer import Trainer  # noqa: E402
 from data.synth import write_dataset  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
                  f"train.checkpoint_dir={tmp}/ck", f"train.log_dir={tmp}/logs", f"train.sample_dir={tmp}/s",
                  "train.sample_every=0", "train.max_steps=100000", "train.checkpoint_every=100000",
                  *args.overrides]
-    cfg = build_config("demo", overrides)
+    cfg = load_config("demo", overrides)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {cfg.model.arch}, "
           f"batch {cfg.train.batch_size}, clip {cfg.data.num_frames}x{cfg.data.image_size}x{cfg.data.image_size}")
 

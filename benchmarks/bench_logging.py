@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from config import build_config  # noqa: E402
+from methods.configure import load_config  # noqa: E402
 from methods.trainer import Trainer  # noqa: E402
 from data.synth import write_dataset  # noqa: E402
 from methods.tb_logger import TBLogger  # noqa: E402
@@ -93,7 +93,7 @@ def main() -> None:
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="t2s_benchlog_")
     write_dataset(os.path.join(tmp, "data"), args.clips, seed=0, size=32, num_frames=16)
-    cfg = build_config("demo", [f"data.data_dir={tmp}/data", f"data.cache_dir={tmp}/cache",
+    cfg = load_config("demo", [f"data.data_dir={tmp}/data", f"data.cache_dir={tmp}/cache",
                                 f"train.checkpoint_dir={tmp}/ck", f"train.log_dir={tmp}/logs",
                                 f"train.sample_dir={tmp}/s", "train.max_steps=100000", *args.overrides])
     tc = cfg.train

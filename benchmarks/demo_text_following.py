@@ -16,7 +16,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from dataset import resize_frames, sample_frame_indices  # noqa: E402
 from methods.sampling import SamplingSettings, generate, load_ema_model, sample_seed  # noqa: E402

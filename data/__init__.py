@@ -1,1 +1,1 @@
-"""Data sources beside dataset.py: the built-in synthetic signer (synth.py)."""
+"""Data beside dataset.py: the data-folder rules (folder.py) and the built-in synthetic signer (synth.py)."""

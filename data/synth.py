@@ -17,7 +17,7 @@ from typing import Collection, Sequence
 import numpy as np
 
 from config import DataConfig
-from dataset import HELDOUT_DIR, has_clips
+from data.folder import HELDOUT_DIR, has_clips
 from utils.atomic import atomic_write
 from utils.gif import write_gif
 

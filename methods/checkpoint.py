@@ -25,10 +25,23 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        detail = str(err).splitlines()[0][:200] if str(err).strip() else "empty or truncated file"
+        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {detail}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "ema" not in state:
         raise UserError(f"{path} is not a Text2Sign checkpoint (format {FORMAT_VERSION})")
     return state
+
+
+def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf, in a (nested) dict of tensors."""
+    bad = []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            bad += nonfinite_tensors(value, name + ".")
+        elif torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(name)
+    return bad
 
 
 def rng_state(generator: torch.Generator) -> dict:

@@ -7,7 +7,7 @@ from config import Config, ConfigError, apply_overrides, build_config
 from dataset import RESIZE_MODES
 from diffusion import PREDICTIONS, SAMPLERS
 from models import DiT_models
-from schedulers import LR_SCHEDULES, SCHEDULES
+from schedulers import BASE_TIMESTEPS, LR_SCHEDULES, SCHEDULES
 from utils.device import PRECISIONS
 
 # field -> the owner's collection of allowed names (referenced, never retyped)
@@ -29,6 +29,12 @@ def check_choices(cfg: Config) -> Config:
     if cfg.data.image_size % patch:
         raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of the patch size {patch} "
                           f"of model.arch={cfg.model.arch}")
+    if cfg.data.image_size % cfg.eval.evaluator_patch:
+        raise ConfigError(f"eval.evaluator_patch={cfg.eval.evaluator_patch} must divide data.image_size="
+                          f"{cfg.data.image_size}")
+    if cfg.diffusion.timesteps > BASE_TIMESTEPS:
+        raise ConfigError(f"diffusion.timesteps={cfg.diffusion.timesteps} must be <= {BASE_TIMESTEPS}: the schedules "
+                          f"are defined on a {BASE_TIMESTEPS}-step grid and subsampled")
     return cfg
 
 

@@ -17,9 +17,11 @@ import torch
 from tqdm import tqdm
 
 from config import Config, TrainConfig
-from dataset import SignDataset, caption_words
+from data.folder import caption_words
+from dataset import SignDataset
 from diffusion import GaussianDiffusion
-from methods.checkpoint import rng_state, save_checkpoint, set_rng_state
+from methods.checkpoint import nonfinite_tensors, rng_state, save_checkpoint, set_rng_state
+from methods.experiment import ExperimentLock, check_output_dirs, output_dirs, remove_stale_temp_files
 from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
 from methods.tb_logger import TBLogger, new_run_dir
 from methods.train_stats import StepClock
@@ -30,6 +32,7 @@ from utils.device import autocast, autocast_dtype, select_device
 from utils.errors import UserError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, SLURM preemption, container stop
+MAX_NONFINITE_SKIPS = 5  # skipped steps (non-finite loss or gradient) before the run stops
 
 
 def planned_steps(tc: TrainConfig, num_clips: int) -> int:
@@ -93,6 +96,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: dict | None = None, quiet: bool = False):
         self.cfg, tc = cfg, cfg.train
         self.quiet = quiet
+        check_output_dirs({"data.cache_dir": cfg.data.cache_dir})  # the clip and caption caches are written first
         self.device = select_device(tc.device)
         self.amp_dtype = autocast_dtype(self.device, tc.precision)
         self.data = SignDataset(cfg.data, "train", quiet=quiet)
@@ -130,7 +134,8 @@ class Trainer:
         self.loss_history: list[float] = []  # this process's losses, one per optimizer step
         self.nonfinite_skips = 0
         self.stop_signal: int | None = None  # the signal that stopped training early (None: ran to the end)
-        self.interrupted = False
+        self.interrupted = self.stop_saved = False
+        self.last_checkpoint: str | None = None  # newest file this run wrote: named when a run has to stop
 
     # ----- data order: a permutation per epoch from (seed, epoch); position saved in checkpoints -----
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -161,7 +166,14 @@ class Trainer:
         return {**out, "t": t}
 
     def train(self, stop_at: int | None = None) -> list[float]:
-        """Run to total_steps; SIGINT / SIGTERM (or reaching stop_at) saves latest.pt at the next step boundary."""
+        """Run to total_steps holding the experiment's lock; its output folders are checked before step 1."""
+        check_output_dirs(output_dirs(self.cfg, self.exp_dir, self.sample_dir))
+        with ExperimentLock(self.exp_dir):
+            remove_stale_temp_files(self.exp_dir)
+            return self.run(stop_at)
+
+    def run(self, stop_at: int | None = None) -> list[float]:
+        """The loop; SIGINT / SIGTERM (or reaching stop_at) saves latest.pt at the next step boundary."""
         tc = self.cfg.train
         self.logger = TBLogger(self.run_dir, tc, self.total_steps)
         self.logger.start(self.step, self.epoch, self.cfg.to_dict(), self.model, self.diffusion, self.device)
@@ -180,11 +192,12 @@ class Trainer:
                         loss += out["loss"].item() / tc.grad_accum
                         self.logger.observe(out)
                         clock.mark("forward_backward")
-                    if not math.isfinite(loss):
-                        self.skip_nonfinite()
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+                    if not (math.isfinite(loss) and math.isfinite(grad_norm := float(norm))):
+                        self.skip_nonfinite("loss" if not math.isfinite(loss) else "gradient norm")
                         continue
                     with self.logger.watch_update(self.step + 1):  # per-module grad/weight stats, when due
-                        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip or float("inf"))
+                        torch.nn.utils.clip_grads_with_norm_(self.params, tc.grad_clip or float("inf"), norm)
                         self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
@@ -192,10 +205,10 @@ class Trainer:
                     clock.mark("optimizer")
                     self.step += 1
                     self.loss_history.append(loss)
-                    self.log_step(loss, float(grad_norm), clock.times, bar)
+                    self.log_step(loss, grad_norm, clock.times, bar)
                     self.maybe_sample_and_checkpoint()
                     if self.step < self.total_steps and (stop.requested or self.step == stop_at):
-                        self.save("latest.pt")
+                        self.stop_saved = self.save("latest.pt")
                         self.interrupted, self.stop_signal = True, stop.signum
                         break
         finally:
@@ -203,15 +216,21 @@ class Trainer:
             self.logger.close()
         return self.loss_history
 
-    def skip_nonfinite(self) -> None:
-        """Drop this step's gradients; a run of them means a real problem, so stop before wasting compute."""
+    def skip_nonfinite(self, what: str) -> None:
+        """Drop this step's gradients before they touch the weights or the EMA; a run of them means a real problem,
+        so stop before wasting compute."""
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_skips += 1
-        tqdm.write(f"warning: non-finite loss at step {self.step}, step skipped ({self.nonfinite_skips} so far)",
+        tqdm.write(f"warning: non-finite {what} at step {self.step}, step skipped ({self.nonfinite_skips} so far)",
                    file=sys.stderr)
-        if self.nonfinite_skips >= 5:
-            raise UserError(f"5 non-finite losses (last at step {self.step}): lower train.lr or check the data; "
-                            f"the last good checkpoint is {self.exp_dir}/latest.pt")
+        if self.nonfinite_skips >= MAX_NONFINITE_SKIPS:
+            raise UserError(f"{MAX_NONFINITE_SKIPS} non-finite steps (last: {what} at step {self.step}): lower "
+                            f"train.lr or check the data; {self.last_checkpoint_text()}")
+
+    def last_checkpoint_text(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written by this run"
+        return f"the last checkpoint written is {self.last_checkpoint}"
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -226,18 +245,40 @@ class Trainer:
                                      "epoch": self.epoch})  # the logger decides what is due
 
     def maybe_sample_and_checkpoint(self) -> None:
+        """Save first: a failure while sampling (out of memory, a model bug) must not cost the steps since the last
+        checkpoint, so it is a one-line warning and training goes on."""
         tc, last = self.cfg.train, self.step == self.total_steps
-        if last or (tc.sample_every and self.step % tc.sample_every == 0):
-            self.write_samples()
-        if last:
-            self.save("final.pt", "latest.pt")
-        elif self.step % tc.checkpoint_every == 0:
+        if last and not self.save("final.pt", "latest.pt"):
+            raise UserError(f"could not save final.pt at step {self.step} (see the warning above); "
+                            f"{self.last_checkpoint_text()}")
+        if not last and self.step % tc.checkpoint_every == 0:
             self.save(f"step_{self.step:07d}.pt", "latest.pt")
+        if last or (tc.sample_every and self.step % tc.sample_every == 0):
+            try:
+                self.write_samples()
+            except Exception as err:  # any sampling bug: report it, keep training
+                msg = str(err).splitlines()[0][:200] if str(err) else ""
+                tqdm.write(f"warning: sampling at step {self.step} failed ({type(err).__name__}: {msg}); training "
+                           f"goes on", file=sys.stderr)
 
-    def save(self, *names: str) -> None:
+    def save(self, *names: str) -> bool:
+        """Write the checkpoint under each name. Non-finite weights are never written (a UserError); a failed write
+        (disk full, folder gone) is a one-line warning: the state stays in memory and the next interval retries."""
         state = self.state_dict()
+        bad = nonfinite_tensors({"model": state["model"], "ema": state["ema"]})
+        if bad:
+            raise UserError(f"refusing to save non-finite weights at step {self.step} ({', '.join(bad[:3])}"
+                            f"{' ...' if len(bad) > 3 else ''}); {self.last_checkpoint_text()}")
         for name in names:
-            save_checkpoint(os.path.join(self.exp_dir, name), state)
+            path = os.path.join(self.exp_dir, name)
+            try:
+                save_checkpoint(path, state)
+            except OSError as err:
+                tqdm.write(f"warning: could not save {path} at step {self.step} ({type(err).__name__}: "
+                           f"{err.strerror or err}); training goes on and the next checkpoint retries", file=sys.stderr)
+                return False
+            self.last_checkpoint = path
+        return True
 
     def write_samples(self) -> list[str]:
         """Sample the configured prompts with the EMA weights; the training RNG streams are not touched."""

@@ -9,7 +9,9 @@ from PIL import Image
 
 import dataset
 from config import DataConfig
-from dataset import DataError, SignDataset, find_pairs, load_clip, sample_frame_indices
+import data.folder as data_folder
+from data.folder import DataError, find_pairs
+from dataset import SignDataset, load_clip, sample_frame_indices
 from utils.errors import UserError
 from utils.gif import GifReadError, read_gif, write_gif
 from utils.pixels import to_unit_range
@@ -176,9 +178,63 @@ def test_corrupt_and_uncaptioned_are_skipped_with_one_warning(tmp_path, capsys):
     ds = SignDataset(cfg_for(tmp_path), split="all")
     err = capsys.readouterr().err
     assert len(ds) == 4
-    assert err.count("\n") == 1 and err.startswith("warning: skipped 3 file(s)")
-    assert "orphan.gif (no caption)" in err and "broken.gif (unreadable" in err and "blank.gif" in err
+    lines = err.strip().splitlines()
+    assert lines[0] == f"warning: skipped 3 file(s) in {data} (4 clips loaded):"
+    assert lines[1] == "  blank.gif: empty caption" and lines[3] == "  orphan.gif: no caption"
+    assert lines[2].startswith("  broken.gif: unreadable: ") and len(lines) == 4
     assert sorted(name for name, _ in ds.skipped) == ["blank.gif", "broken.gif", "orphan.gif"]
+
+
+def test_awkward_names_links_and_captions_are_named_skips(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_set(data, 2)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("a caption read from outside the data folder")
+    grey_ramp_gif(tmp_path / "outside.gif", 3)
+    raw = os.fsencode(str(data))
+    grey_ramp_gif(os.path.join(raw, b"bad\xff.gif").decode("utf-8", "surrogateescape"), 3)  # not UTF-8
+    with open(os.path.join(raw, b"bad\xff.txt"), "wb") as f:
+        f.write(b"caption")
+    for stem, caption in (("nul", b"hel\x00lo"), ("esc", b"\x1b[31mred"), ("latin1", "caf\xe9".encode("latin-1")),
+                          ("utf16", "thank you".encode("utf-16")), ("case", b"x")):
+        grey_ramp_gif(data / f"{stem}.gif", 3)
+        (data / (f"{stem}.txt" if stem != "case" else "CASE.txt")).write_bytes(caption)
+    grey_ramp_gif(data / "linked.gif", 3)
+    os.symlink(outside, data / "linked.txt")  # a caption that reads any file on the machine
+    os.symlink(tmp_path / "outside.gif", data / "away.gif")
+    (data / "away.txt").write_text("away")
+    os.symlink(tmp_path / "missing.gif", data / "dangling.gif")
+    grey_ramp_gif(data / "new\nline.gif", 3)
+    (data / "sub").mkdir()
+    grey_ramp_gif(data / "sub" / "deep.gif", 3)
+    ds = SignDataset(cfg_for(tmp_path), split="all")
+    assert ds.captions.count("thank you") == 1  # UTF-16 with a BOM is a documented rule, not a skip
+    assert len(ds) == 3
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"warning: skipped 12 file(s) in {data} (3 clips loaded):",
+        "  away.gif: link to outside the data folder",
+        "  bad\\xff.gif: file name is not valid UTF-8",  # escaped, on one line
+        "  bad\\xff.txt: file name is not valid UTF-8",
+        "  case.gif: no caption (CASE.txt differs in case)",
+        "  dangling.gif: broken link",
+        "  esc.gif: caption has control characters",
+        "  latin1.gif: caption is not UTF-8 (or UTF-16 with a BOM)",
+        "  linked.gif: no caption",
+        "  linked.txt: link to outside the data folder",
+        "  new\\nline.gif: no caption",
+        "  nul.gif: caption has control characters",
+        "  sub/: a folder: not read (clips must sit directly in the data folder)"]
+
+
+def test_every_skip_is_listed_not_the_first_ten(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_set(data, 1)
+    for i in range(25):
+        grey_ramp_gif(data / f"orphan{i:02d}.gif", 2)
+    SignDataset(cfg_for(tmp_path), split="all")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("warning: skipped 25 file(s)") and lines[0].endswith("(1 clips loaded):")
+    assert lines[1:] == [f"  orphan{i:02d}.gif: no caption" for i in range(25)]
 
 
 def test_find_pairs_reads_captions(tmp_path):
@@ -324,16 +380,16 @@ def test_upper_case_gif_folders_count_as_clips_everywhere(tmp_path, capsys):
     from methods.evaluation.captions import heldout_set
 
     folder = tmp_path / "clips"
-    (folder / dataset.HELDOUT_DIR).mkdir(parents=True)
-    for sub, name in ((folder, "A"), (folder, "B"), (folder / dataset.HELDOUT_DIR, "C")):
+    (folder / data_folder.HELDOUT_DIR).mkdir(parents=True)
+    for sub, name in ((folder, "A"), (folder, "B"), (folder / data_folder.HELDOUT_DIR, "C")):
         grey_ramp_gif(sub / f"{name}.GIF", 3)
         (sub / f"{name}.txt").write_text(f"caption {name.lower()}")
     (folder / ".hidden.gif").write_bytes(b"not a clip")
-    assert dataset.clip_files(str(folder)) == ["A.GIF", "B.GIF"] and dataset.has_clips(str(folder))
+    assert data_folder.clip_files(str(folder)) == ["A.GIF", "B.GIF"] and data_folder.has_clips(str(folder))
     cfg = DataConfig(data_dir=str(folder), num_frames=2, image_size=8, cache_dir=str(tmp_path / "cache"),
                      synth_if_missing=True, synth_num=5)
     ensure_data(cfg)
-    assert sorted(os.listdir(folder)) == [".hidden.gif", "A.GIF", "A.txt", "B.GIF", "B.txt", dataset.HELDOUT_DIR]
+    assert sorted(os.listdir(folder)) == [".hidden.gif", "A.GIF", "A.txt", "B.GIF", "B.txt", data_folder.HELDOUT_DIR]
     assert [c for _, c in find_pairs(str(folder))[0]] == ["caption a", "caption b"]
     assert heldout_set(cfg).captions == ["caption c"]
     assert capsys.readouterr().err == ""

@@ -12,8 +12,8 @@ FORBIDDEN = {
     "schedulers": PROJECT - {"schedulers", "config", "utils"},
     "diffusion": PROJECT - {"diffusion", "schedulers", "config", "utils"},
     "models": PROJECT - {"models", "config", "utils"},
-    "dataset": PROJECT - {"dataset", "config", "utils"},
-    "data": PROJECT - {"data", "dataset", "config", "utils"},
+    "dataset": PROJECT - {"dataset", "data", "config", "utils"},
+    "data": PROJECT - {"data", "config", "utils"},
     "methods": {"main", "preflight", "pre_training_checklist", "verify_training_ready"},
 }
 

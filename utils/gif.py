@@ -1,8 +1,10 @@
 """Animated GIF reading (imageio v3 API, Pillow plugin) and writing (Pillow)."""
 from __future__ import annotations
 
+import hashlib
 import io
 import re
+import unicodedata
 
 import imageio.v3 as iio
 import numpy as np
@@ -19,9 +21,17 @@ class GifReadError(ValueError):
 
 
 def safe_filename(text: str, max_len: int = 60) -> str:
-    """A file-name stem (or tag part) from free text: lowercase letters, digits and '_' only (no path traversal)."""
-    stem = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len].strip("_")
-    return stem or "sample"
+    """A file-name stem (or tag part) from free text: lowercase letters, digits and '_' only (no path traversal).
+
+    Accents are transliterated ("café" -> "cafe"); when anything was dropped or changed on the way to ASCII, a short
+    hash of the text is appended, so two non-Latin captions ("你好", "谢谢") never share a name."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    exact = ascii_text == text
+    stem = re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")[:max_len if exact else max_len - 9].strip("_")
+    if exact:
+        return stem or "sample"
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{stem}_{digest}" if stem else f"u{digest}"
 
 
 def read_gif(path: str) -> tuple[np.ndarray, list[float]]:

@@ -8,7 +8,8 @@ import os
 import numpy as np
 
 from config import DataConfig
-from dataset import HELDOUT_DIR, SignDataset, find_pairs, has_clips, select_split
+from data.folder import HELDOUT_DIR, find_pairs, has_clips, select_split
+from dataset import SignDataset
 
 
 def heldout_set(dc: DataConfig) -> SignDataset | None:

@@ -1,0 +1,139 @@
+"""An experiment's folders before step 1: every output place checked writable, one run at a time (a lock), and the
+temp files a killed save left behind removed."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import time
+
+from config import Config
+from utils.atomic import is_temp_file, unwritable_reason
+from utils.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+LOCK_FILE = ".lock"
+
+
+def check_output_dirs(places: dict[str, str]) -> None:
+    """places: config field -> folder. The first that cannot be created and written is a one-line UserError."""
+    for field, folder in places.items():
+        why = unwritable_reason(folder)
+        if why:
+            raise UserError(f"{field}: cannot write in {folder} ({why}); point it at a writable folder")
+
+
+def output_dirs(cfg: Config, exp_dir: str, sample_dir: str) -> dict[str, str]:
+    """Where a training run writes, by the config field that decides it."""
+    tc = cfg.train
+    places = {"train.checkpoint_dir": exp_dir, "train.sample_dir": sample_dir, "data.cache_dir": cfg.data.cache_dir}
+    if tc.tensorboard:
+        places["train.log_dir"] = os.path.join(tc.log_dir, tc.exp_name)
+    return places
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Temp files of saves that never finished (the process was killed); only safe while the lock is held."""
+    removed = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if is_temp_file(name) and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(name)
+    if removed:
+        print(f"removed {len(removed)} temp file(s) an interrupted save left in {folder}: {', '.join(removed)}",
+              file=sys.stderr)
+    return removed
+
+
+class ExperimentLock:
+    """An exclusive lock on an experiment folder for as long as a run writes into it.
+
+    flock() locks belong to the open file, so the kernel drops them when the holding process exits, however it
+    exits: a lock file left by a dead run never blocks (it only still names that run). A clean exit removes the
+    file while still holding the lock, and a taker checks that the file it locked is still the one at the path, so
+    two runs never both hold it. Where flock is missing (Windows), an O_EXCL lock file is taken and a holder whose
+    PID no longer runs counts as dead.
+    """
+
+    def __init__(self, folder: str):
+        self.folder, self.path, self.fd = folder, os.path.join(folder, LOCK_FILE), None
+
+    def __enter__(self) -> "ExperimentLock":
+        os.makedirs(self.folder, exist_ok=True)
+        if fcntl is None:
+            self._exclusive_file()
+        else:
+            self._flock_file()
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                 .encode())
+        return self
+
+    def _flock_file(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder()
+                os.close(fd)
+                raise self._busy(holder) from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    self.fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder removed that file as we locked it: take the new one
+
+    def _exclusive_file(self) -> None:
+        for _ in range(2):
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                return
+            except FileExistsError:
+                holder = self._holder()
+                if _pid_alive(holder):
+                    raise self._busy(holder) from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)  # its run died without removing it
+        raise self._busy(self._holder())
+
+    def _holder(self) -> str:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                return f.read().strip() or "unknown process"
+        except OSError:
+            return "unknown process"
+
+    def _busy(self, holder: str) -> UserError:
+        return UserError(f"experiment folder {self.folder} is in use by another run ({holder}): wait for it to "
+                         f"finish, stop it, or choose another train.exp_name")
+
+    def __exit__(self, *exc) -> bool:
+        if self.fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)  # while still locked: see the class docstring
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+        return False
+
+
+def _pid_alive(holder: str) -> bool:
+    parts = holder.split()
+    if len(parts) < 2 or parts[0] != "pid" or not parts[1].isdigit():
+        return True  # unreadable: assume alive rather than steal a live run's folder
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
