@@ -157,22 +157,14 @@ def check_backbone_trainable(model):
     return PASS, detail
 
 
-def _try_write(folder: str) -> str | None:
-    """None when folder can be created and written, else the reason."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".preflight_"):
-            pass
-    except OSError as err:
-        return f"{folder} ({type(err).__name__}: {err.strerror or err})"
-    return None
+def check_output_dirs(places: dict[str, str]):
+    """places: config field -> folder, as the trainer will write them (methods.experiment.output_dirs)."""
+    from utils.atomic import unwritable_reason
 
-
-def check_output_dirs(folders: list[str]):
-    problems = [why for why in map(_try_write, folders) if why]
+    problems = [f"{field}: {folder} ({why})" for field, folder in places.items() if (why := unwritable_reason(folder))]
     if problems:
         return FAIL, "not writable: " + "; ".join(problems)
-    return PASS, "writable: " + ", ".join(folders)
+    return PASS, "writable: " + ", ".join(places.values())
 
 
 def check_disk(folder: str, n_params: int, steps: int, checkpoint_every: int):
@@ -260,8 +252,10 @@ def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
     if model is not None:
         checks.run("pretrained", check_pretrained, model, cfg.model.pretrained)
         checks.run("backbone trainable", check_backbone_trainable, model)
-    out_dirs = [os.path.join(tc.checkpoint_dir, tc.exp_name), os.path.join(tc.sample_dir, tc.exp_name), dc.cache_dir]
-    checks.run("output directories", check_output_dirs, out_dirs)
+    from methods.experiment import output_dirs
+
+    places = output_dirs(cfg, os.path.join(tc.checkpoint_dir, tc.exp_name), os.path.join(tc.sample_dir, tc.exp_name))
+    checks.run("output directories", check_output_dirs, places)
     if model is not None:
         from methods.trainer import planned_steps
 
