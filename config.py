@@ -31,6 +31,8 @@ class DataConfig:
     resize_mode: str = "pad"  # "pad" keeps the whole signer (letterbox); "crop" fills the frame
     val_fraction: float = 0.05  # deterministic share of clips held out for validation
     cache_dir: str = "cache"  # decoded uint8 clips and caption embeddings, keyed by content + settings
+    allow_stills: bool = False  # keep 1-frame GIFs (a still image teaches no motion: skipped by default)
+    max_clip_pixels: int = 1_000_000_000  # width x height x frames a GIF may declare; refused undecoded above
     synth_if_missing: bool = False  # write the built-in synthetic set into data_dir when it has no GIFs
     synth_num: int = 600  # clips written when synth_if_missing triggers
     synth_seed: int = 0  # seed of that synthetic set (deterministic content)
@@ -138,6 +140,7 @@ class Config:
             ("data.num_frames", 1 <= self.data.num_frames <= MAX_FRAMES, f"must be in [1, {MAX_FRAMES}]"),
             ("data.image_size", 8 <= self.data.image_size <= MAX_IMAGE_SIZE, f"must be in [8, {MAX_IMAGE_SIZE}]"),
             ("data.val_fraction", 0.0 <= self.data.val_fraction < 1.0, "must be in [0, 1)"),
+            ("data.max_clip_pixels", self.data.max_clip_pixels >= 1, "must be >= 1"),
             ("data.synth_num", self.data.synth_num >= 1, "must be >= 1"),
             ("data.synth_holdout", self.data.synth_holdout >= 0, "must be >= 0"),
             ("text.max_length", self.text.max_length >= 2, "must be >= 2"),

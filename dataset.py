@@ -22,10 +22,11 @@ from tqdm import tqdm
 from config import DataConfig
 from data.folder import HOW_TO_GET_DATA, DataError, find_pairs, select_split, shown, warn_skipped
 from utils.atomic import atomic_write
-from utils.gif import read_gif
+from utils.device import available_memory
+from utils.gif import GifReadError, read_gif
 from utils.pixels import to_unit_range
 
-CACHE_VERSION = 1  # bump when decoding/preprocessing changes so stale cache entries are not reused
+CACHE_VERSION = 2  # bump when decoding/preprocessing changes so stale cache entries are not reused
 RESIZE_MODES = ("pad", "crop")
 
 
@@ -88,19 +89,30 @@ def resize_frames(frames: np.ndarray, image_size: int, resize_mode: str) -> np.n
     return out
 
 
-def load_clip(path: str, num_frames: int, image_size: int, resize_mode: str) -> np.ndarray:
-    """Decode + preprocess one GIF: uint8 (num_frames, image_size, image_size, 3). Raises GifReadError."""
-    frames, durations = read_gif(path)  # (T0, h, w, 3)
-    frames = frames[sample_frame_indices(durations, num_frames)]  # (num_frames, h, w, 3)
+def load_clip(path: str, num_frames: int, image_size: int, resize_mode: str, max_pixels: int = 0,
+              allow_stills: bool = True) -> np.ndarray:
+    """Decode + preprocess one GIF: uint8 (num_frames, image_size, image_size, 3), decoding only the frames kept.
+
+    Raises GifReadError (corrupt, not a GIF, over max_pixels, or a still image when stills are not allowed)."""
+    frames, durations = read_gif(path, lambda d: sample_frame_indices(d, num_frames), max_pixels)  # (T, h, w, 3)
+    if len(durations) == 1 and not allow_stills:
+        raise GifReadError("a still image (1 frame), not an animation; data.allow_stills=true keeps such files")
     return resize_frames(frames, image_size, resize_mode)
+
+
+def is_constant(clip: np.ndarray) -> bool:
+    """Every frame the same (a frozen or fully transparent GIF): it teaches no motion."""
+    return bool((clip == clip[:1]).all())
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Disk cache
 
 
-def _cache_path(cache_dir: str, path: str, num_frames: int, image_size: int, resize_mode: str) -> str:
-    h = hashlib.sha1(f"text2sign-clip-v{CACHE_VERSION}|{num_frames}|{image_size}|{resize_mode}|".encode())
+def _cache_path(cache_dir: str, path: str, dc: DataConfig) -> str:
+    """Keyed by the file's bytes and every setting that changes the decoded clip or whether it is accepted."""
+    key = f"text2sign-clip-v{CACHE_VERSION}|{dc.num_frames}|{dc.image_size}|{dc.resize_mode}|{dc.allow_stills}|"
+    h = hashlib.sha1(key.encode())
     with open(path, "rb") as f:
         h.update(f.read())
     return os.path.join(cache_dir, "clips", h.hexdigest() + ".npy")
@@ -140,13 +152,18 @@ class SignDataset(torch.utils.data.Dataset):
         t, s = cfg.num_frames, cfg.image_size
         pairs, self.skipped = find_pairs(cfg.data_dir)
         pairs = select_split(pairs, split, cfg.val_fraction)
+        need, free = len(pairs) * t * s * s * 3, available_memory(torch.device("cpu"))
+        if free is not None and need > free:  # the split is held in memory as one uint8 tensor
+            raise DataError(f"the {split} split's {len(pairs)} clips of {t} frames of {s}x{s} need {need / 1e9:.1f} GB "
+                            f"of memory, {free / 1e9:.1f} GB is available: lower data.image_size or data.num_frames,"
+                            f" or use fewer clips")
 
         # Pass 1: hash files and load cache hits. Pass 2: decode only the misses.
         clips: list[np.ndarray | None] = []
         misses = []
         for i, (path, _) in enumerate(pairs):
             try:
-                cache_file = _cache_path(cfg.cache_dir, path, t, s, cfg.resize_mode)
+                cache_file = _cache_path(cfg.cache_dir, path, cfg)
             except OSError as e:
                 cache_file = None
                 self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
@@ -158,7 +175,7 @@ class SignDataset(torch.utils.data.Dataset):
                                   dynamic_ncols=True, leave=False):
             path = pairs[i][0]
             try:
-                clips[i] = load_clip(path, t, s, cfg.resize_mode)
+                clips[i] = load_clip(path, t, s, cfg.resize_mode, cfg.max_clip_pixels, cfg.allow_stills)
             except ValueError as e:  # GifReadError: corrupt / truncated / not an image
                 self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
                 continue
@@ -168,6 +185,10 @@ class SignDataset(torch.utils.data.Dataset):
         self.skipped.sort()
         if self.skipped and not quiet:
             warn_skipped(cfg.data_dir, self.skipped, len(keep), sys.stderr)
+        self.constant = [shown(os.path.basename(pairs[i][0])) for i in keep if is_constant(clips[i])]
+        if self.constant and not quiet:
+            print(f"warning: {len(self.constant)} clip(s) in {shown(cfg.data_dir)} are constant (every frame the same),"
+                  f" kept but they teach no motion: {', '.join(self.constant)}", file=sys.stderr)
         if not keep and split != "val":  # an empty val split is fine for tiny sets
             raise DataError(f"no usable clips for split '{split}' in '{cfg.data_dir}' "
                             f"({len(self.skipped)} file(s) skipped): expected <name>.gif + <name>.txt "

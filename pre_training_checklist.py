@@ -204,14 +204,6 @@ def check_tensorboard(log_root: str):
     return PASS, f"event file written and removed in {log_root}"
 
 
-def available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as f:
-        info = dict(line.split(":", 1) for line in f)
-    return int(info["MemAvailable"].split()[0]) * 1024
-
-
 def estimate_memory(cfg, model) -> int:
     """Bytes for one training step: parameters, grads, AdamW, EMA (fp32) plus saved activations (rough)."""
     n_params = sum(p.numel() for p in model.parameters())
@@ -222,11 +214,13 @@ def estimate_memory(cfg, model) -> int:
 
 
 def check_device_memory(cfg, model):
-    from utils.device import autocast_dtype, select_device
+    from utils.device import autocast_dtype, available_memory, select_device
 
     device = select_device(cfg.train.device)
     precision = "bf16 autocast" if autocast_dtype(device, cfg.train.precision) else "fp32"
     need, free = estimate_memory(cfg, model), available_memory(device)
+    if free is None:
+        return WARN, f"{device}: training needs ~{need / 1e9:.1f} GB (estimate); free memory unknown on this system"
     detail = (f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), {precision}; "
               f"training needs ~{need / 1e9:.1f} GB (estimate), {free / 1e9:.1f} GB available")
     if need > free:

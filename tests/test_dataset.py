@@ -1,5 +1,7 @@
 """Tests for dataset.py and utils.gif.read_gif on small GIFs written into tmp_path."""
+import dataclasses
 import os
+import struct
 
 import imageio.v3 as iio
 import numpy as np
@@ -393,3 +395,57 @@ def test_upper_case_gif_folders_count_as_clips_everywhere(tmp_path, capsys):
     assert [c for _, c in find_pairs(str(folder))[0]] == ["caption a", "caption b"]
     assert heldout_set(cfg).captions == ["caption c"]
     assert capsys.readouterr().err == ""
+
+
+def bomb_gif(path, width, height, frames):
+    """A GIF declaring `frames` frames of width x height in a few bytes each (the pixel data is never there)."""
+    out = bytearray(b"GIF89a" + struct.pack("<HH", width, height) + bytes([0x80, 0, 0]) + b"\x00" * 3 + b"\xff" * 3)
+    for _ in range(frames):
+        out += b"\x21\xf9\x04\x00\x0a\x00\x00\x00\x2c" + struct.pack("<HHHH", 0, 0, width, height) + b"\x00\x02\x01\x2c\x00"
+    path.write_bytes(bytes(out + b"\x3b"))
+
+
+def test_hostile_and_useless_files_are_not_training_data(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_set(data, 2)
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(data / "png.gif", format="PNG")  # renamed stills
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(data / "jpeg.gif", format="JPEG")
+    solid(16, 16, (9, 9, 9)).save(data / "still.gif")  # a real GIF of one frame
+    frames = [Image.new("RGBA", (8, 8), c) for c in ((255, 0, 0, 0), (0, 0, 255, 0), (0, 255, 0, 0))]
+    frames[0].save(data / "clear.gif", save_all=True, append_images=frames[1:], duration=100, disposal=2)
+    bomb_gif(data / "bomb.gif", 2048, 2048, 300)  # 6.6 kB declaring 1.26 G pixels
+    for stem in ("png", "jpeg", "still", "clear", "bomb"):
+        (data / f"{stem}.txt").write_text(stem)
+    assert (data / "bomb.gif").stat().st_size < 7000
+    ds = SignDataset(cfg_for(tmp_path), split="all")
+    assert sorted(ds.captions) == ["clear", "sign 0", "sign 1"] and ds.constant == ["clear.gif"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: skipped 4 file(s) in {data} (3 clips loaded):",
+                   "  bomb.gif: unreadable: declares 300 frames of 2048x2048 = 1,258M pixels, over the 1,000M of "
+                   "data.max_clip_pixels",
+                   "  jpeg.gif: unreadable: not a GIF file (JPEG data)",
+                   "  png.gif: unreadable: not a GIF file (PNG data)",
+                   "  still.gif: unreadable: a still image (1 frame), not an animation; data.allow_stills=true keeps "
+                   "such files",
+                   f"warning: 1 clip(s) in {data} are constant (every frame the same), kept but they teach no motion: "
+                   f"clear.gif"]
+    allowed = SignDataset(dataclasses.replace(cfg_for(tmp_path), allow_stills=True), split="all", quiet=True)
+    assert "still" in allowed.captions and len(allowed) == 4  # a different cache key: the switch is not stale
+
+
+def test_only_the_kept_frames_are_decoded(tmp_path, monkeypatch):
+    grey_ramp_gif(tmp_path / "long.gif", 40)
+    converted = []
+    real = Image.Image.convert
+    monkeypatch.setattr(Image.Image, "convert", lambda im, *a, **k: converted.append(1) or real(im, *a, **k))
+    clip = load_clip(str(tmp_path / "long.gif"), 4, 16, "pad")
+    assert frame_ids(clip) == [0, 13, 26, 39] and len(converted) == 4  # 4 of 40 frames kept in memory
+
+
+def test_a_split_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    make_set(tmp_path / "data", 3)
+    monkeypatch.setattr(dataset, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(dataset, "load_clip", _boom)
+    with pytest.raises(DataError, match=r"the all split.s 3 clips of 8 frames of 16x16 need 0.0 GB of memory, "
+                                        r"0.0 GB is available: lower data.image_size"):
+        SignDataset(cfg_for(tmp_path), split="all", quiet=True)

@@ -30,6 +30,18 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can take now: CUDA's free memory, or Linux's MemAvailable (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """bf16 autocast on CUDA by default; fp32 elsewhere unless asked (bf16 slows small matmuls on CPU)."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):

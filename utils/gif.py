@@ -1,4 +1,4 @@
-"""Animated GIF reading (imageio v3 API, Pillow plugin) and writing (Pillow)."""
+"""Animated GIF reading and writing (Pillow)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +6,6 @@ import io
 import re
 import unicodedata
 
-import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
@@ -17,7 +16,7 @@ DEFAULT_DURATION_MS = 100.0
 
 
 class GifReadError(ValueError):
-    """The file could not be decoded as an animated image (corrupt, truncated, empty or not an image)."""
+    """The file could not be decoded as a GIF (corrupt, truncated, empty, another format, or declaring too much)."""
 
 
 def safe_filename(text: str, max_len: int = 60) -> str:
@@ -34,37 +33,52 @@ def safe_filename(text: str, max_len: int = 60) -> str:
     return f"{stem}_{digest}" if stem else f"u{digest}"
 
 
-def read_gif(path: str) -> tuple[np.ndarray, list[float]]:
-    """Decode every frame of a GIF to RGB uint8.
+def read_gif(path: str, choose=None, max_pixels: int = 0) -> tuple[np.ndarray, list[float]]:
+    """Decode a GIF's frames to RGB uint8, keeping only the ones `choose(durations)` picks (all when None).
 
-    Returns frames (T, H, W, 3) and per-frame display durations in ms. Every frame is decoded as RGBA
-    (Pillow composes palette, grayscale and partial frames onto the full canvas) and then alpha-composited
-    on black, so files whose frames mix P / L / RGB / RGBA all come out the same shape and transparent
-    pixels get one deterministic colour instead of whatever the palette stored behind them.
-    Raises GifReadError for anything unreadable.
+    Returns (kept frames (K, H, W, 3), every frame's display duration in ms). Before anything is decoded, the file
+    must really be a GIF and declare at most `max_pixels` pixels in all (width x height x frames; 0 = no limit):
+    a few hundred bytes of LZW can declare gigabytes. Durations come from a first pass that keeps no pixels; the
+    second pass keeps only the chosen frames, so memory grows with the frames kept, not the frames in the file.
+    Every frame is converted to RGBA (Pillow composes palette, grayscale and partial frames onto the canvas) and
+    alpha-composited on black, so transparent pixels get one deterministic colour.
+    Raises GifReadError for anything unreadable or refused.
     """
-    frames, durations = [], []
     try:
-        with iio.imopen(path, "r", plugin="pillow") as f:
-            for i, rgba in enumerate(f.iter(mode="RGBA")):
-                frames.append(rgba)
-                # metadata(index=i) is the frame just decoded, so this does not seek or re-decode
-                durations.append(f.metadata(index=i).get("duration"))
+        with Image.open(path) as im:
+            if im.format != "GIF":
+                raise GifReadError(f"not a GIF file ({im.format} data)")
+            (w, h), n = im.size, im.n_frames
+            if max_pixels and w * h * n > max_pixels:
+                raise GifReadError(f"declares {n} frames of {w}x{h} = {w * h * n / 1e6:,.0f}M pixels, over the "
+                                   f"{max_pixels / 1e6:,.0f}M of data.max_clip_pixels")
+            durations = []
+            for i in range(n):
+                im.seek(i)
+                durations.append(im.info.get("duration"))
+            durations = [float(d) if isinstance(d, (int, float)) and d > 10 else DEFAULT_DURATION_MS
+                         for d in durations]
+            wanted = list(range(n)) if choose is None else choose(durations)
+            kept = {}
+            for i in sorted(set(wanted)):
+                im.seek(i)
+                kept[i] = np.asarray(im.convert("RGBA"))
+    except GifReadError:
+        raise
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, EOFError, ValueError, ...)
         msg = str(e).splitlines()[0] if str(e) else ""
         raise GifReadError(f"{type(e).__name__}: {msg}"[:120]) from e
-    if not frames:
+    if not durations:
         raise GifReadError("no frames")
-    shapes = {fr.shape for fr in frames}
+    shapes = {fr.shape for fr in kept.values()}
     if len(shapes) != 1:
         raise GifReadError(f"frames differ in size: {sorted(shapes)}")
-    rgba = np.stack(frames)  # (T, H, W, 4)
+    rgba = np.stack([kept[i] for i in wanted])  # (K, H, W, 4)
     if rgba[..., 3].min() == 255:  # fully opaque (the common case): just drop alpha
-        rgb = np.ascontiguousarray(rgba[..., :3])  # (T, H, W, 3)
+        rgb = np.ascontiguousarray(rgba[..., :3])  # (K, H, W, 3)
     else:
         alpha = rgba[..., 3:].astype(np.uint16)
-        rgb = ((rgba[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)  # (T, H, W, 3)
-    durations = [float(d) if isinstance(d, (int, float)) and d > 10 else DEFAULT_DURATION_MS for d in durations]
+        rgb = ((rgba[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)  # (K, H, W, 3)
     return rgb, durations
 
 
