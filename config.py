@@ -84,6 +84,7 @@ class TrainConfig:
     seed: int = 42  # seeds data order, noise, timesteps and caption dropout
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
+    memory_check: bool = True  # refuse a run whose estimated step memory exceeds free memory (false: try anyway)
     log_every: int = 10  # optimizer steps between scalar logs
     stats_every: int = 100  # steps between per-module weight/grad norms, update ratios (0 = off): costs a weight copy
     hist_every: int = 500  # steps between weight histograms and the loss-vs-t plot (0 = off): larger events

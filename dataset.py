@@ -22,7 +22,7 @@ from tqdm import tqdm
 from config import DataConfig
 from data.folder import HOW_TO_GET_DATA, DataError, find_pairs, select_split, shown, warn_skipped
 from utils.atomic import atomic_write
-from utils.device import available_memory
+from utils.device import available_memory, format_bytes
 from utils.gif import GifReadError, read_gif
 from utils.pixels import to_unit_range
 
@@ -154,8 +154,8 @@ class SignDataset(torch.utils.data.Dataset):
         pairs = select_split(pairs, split, cfg.val_fraction)
         need, free = len(pairs) * t * s * s * 3, available_memory(torch.device("cpu"))
         if free is not None and need > free:  # the split is held in memory as one uint8 tensor
-            raise DataError(f"the {split} split's {len(pairs)} clips of {t} frames of {s}x{s} need {need / 1e9:.1f} GB "
-                            f"of memory, {free / 1e9:.1f} GB is available: lower data.image_size or data.num_frames,"
+            raise DataError(f"the {split} split's {len(pairs)} clips of {t} frames of {s}x{s} need {format_bytes(need)} "
+                            f"of memory, {format_bytes(free)} is available: lower data.image_size or data.num_frames,"
                             f" or use fewer clips")
 
         # Pass 1: hash files and load cache hits. Pass 2: decode only the misses.

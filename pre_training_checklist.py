@@ -31,11 +31,6 @@ import torch
 from preflight import FAIL, PASS, WARN, Checks, check_config, format_count, parse_args
 
 BYTES_PER_PARAM_CHECKPOINT = 16  # fp32 weights + EMA + AdamW exp_avg + exp_avg_sq
-BYTES_PER_PARAM_TRAINING = 20  # the same in memory, plus fp32 gradients
-# 4-byte values per token x hidden x block that a training step holds after the forward pass, with / without
-# activation checkpointing: measured as resident memory on CPU for TinyDiT-D14/2 (7.2 at 16 frames in chunks of 4,
-# 38.7 without checkpointing; benchmarks/bench_tinydit.py)
-ACTIVATION_VALUES = {True: 7, False: 40}
 
 
 def check_data_folder(data_dir: str, synth_if_missing: bool, synth_num: int):
@@ -204,16 +199,8 @@ def check_tensorboard(log_root: str):
     return PASS, f"event file written and removed in {log_root}"
 
 
-def estimate_memory(cfg, model) -> int:
-    """Bytes for one training step: parameters, grads, AdamW, EMA (fp32) plus saved activations (rough)."""
-    n_params = sum(p.numel() for p in model.parameters())
-    hidden, depth = model.pos_embed.shape[-1], len(model.blocks)
-    tokens = cfg.train.batch_size * cfg.data.num_frames * model.grid ** 2
-    activations = 4 * ACTIVATION_VALUES[cfg.model.grad_checkpointing] * tokens * hidden * depth
-    return n_params * BYTES_PER_PARAM_TRAINING + activations
-
-
 def check_device_memory(cfg, model):
+    from methods.experiment import estimate_memory
     from utils.device import autocast_dtype, available_memory, select_device
 
     device = select_device(cfg.train.device)

@@ -21,7 +21,8 @@ from data.folder import caption_words
 from dataset import SignDataset
 from diffusion import GaussianDiffusion
 from methods.checkpoint import nonfinite_tensors, rng_state, save_checkpoint, set_rng_state
-from methods.experiment import ExperimentLock, check_output_dirs, output_dirs, remove_stale_temp_files
+from methods.experiment import (ExperimentLock, check_memory, check_output_dirs, output_dirs,
+                                remove_stale_temp_files)
 from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
 from methods.tb_logger import TBLogger, new_run_dir
 from methods.train_stats import StepClock
@@ -113,6 +114,7 @@ class Trainer:
             report = load_pretrained(self.model, cfg.model.pretrained)
             if not quiet:
                 print(report, file=sys.stderr)
+        check_memory(cfg, self.model, self.device)  # before the EMA copy and the optimizer state are allocated
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -193,7 +195,8 @@ class Trainer:
                         self.logger.observe(out)
                         clock.mark("forward_backward")
                     norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-                    if not (math.isfinite(loss) and math.isfinite(grad_norm := float(norm))):
+                    grad_norm = float(norm)  # a host sync, but the log needs the number anyway
+                    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                         self.skip_nonfinite("loss" if not math.isfinite(loss) else "gradient norm")
                         continue
                     with self.logger.watch_update(self.step + 1):  # per-module grad/weight stats, when due

@@ -446,6 +446,6 @@ def test_a_split_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_path, 
     make_set(tmp_path / "data", 3)
     monkeypatch.setattr(dataset, "available_memory", lambda device: 1000)
     monkeypatch.setattr(dataset, "load_clip", _boom)
-    with pytest.raises(DataError, match=r"the all split.s 3 clips of 8 frames of 16x16 need 0.0 GB of memory, "
-                                        r"0.0 GB is available: lower data.image_size"):
+    with pytest.raises(DataError, match=r"the all split.s 3 clips of 8 frames of 16x16 need 0 MB of memory, "
+                                        r"0 MB is available: lower data.image_size"):
         SignDataset(cfg_for(tmp_path), split="all", quiet=True)

@@ -196,3 +196,14 @@ def test_non_latin_captions_get_distinct_readable_names():
     assert len(names) == 4 and all(n.startswith("u") and len(n) == 9 for n in names)
     assert safe_filename("你好") == safe_filename("你好")
     assert len(safe_filename("ü" * 200)) <= 60
+
+
+def test_a_step_that_cannot_fit_is_refused_before_allocating(tiny_config, monkeypatch):
+    import methods.experiment as experiment
+
+    monkeypatch.setattr(experiment, "available_memory", lambda device: 2_000_000)  # 2 MB free
+    with pytest.raises(UserError, match=r"a training step needs ~\d+ MB \(estimate\) but cpu has 2 MB free: try "
+                                        r"--set model.grad_checkpointing=true, a smaller train.batch_size"):
+        Trainer(tiny_config(**{"train.batch_size": 12, "data.num_frames": 4}), quiet=True)
+    trainer = Trainer(tiny_config(**{"train.memory_check": False}), quiet=True)  # the escape hatch
+    assert trainer.step == 0

@@ -42,6 +42,10 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
+def format_bytes(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """bf16 autocast on CUDA by default; fp32 elsewhere unless asked (bf16 slows small matmuls on CPU)."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
