@@ -62,6 +62,14 @@ def output_dirs(cfg: Config, exp_dir: str, sample_dir: str) -> dict[str, str]:
     return places
 
 
+def refuse_to_overwrite(exp_dir: str) -> None:
+    """A fresh run never replaces another run's checkpoints: it continues them (--resume) or uses another name."""
+    held = [name for name in ("latest.pt", "final.pt") if os.path.exists(os.path.join(exp_dir, name))]
+    if held:
+        raise UserError(f"{exp_dir} already holds a run ({held[0]}): continue it with `python main.py train --resume`,"
+                        f" or start a new one under another --set train.exp_name=NAME")
+
+
 def remove_stale_temp_files(folder: str) -> list[str]:
     """Temp files of saves that never finished (the process was killed); only safe while the lock is held."""
     removed = []

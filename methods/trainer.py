@@ -21,7 +21,7 @@ from data.folder import caption_words
 from dataset import SignDataset
 from diffusion import GaussianDiffusion
 from methods.checkpoint import nonfinite_tensors, rng_state, save_checkpoint, set_rng_state
-from methods.experiment import (ExperimentLock, check_memory, check_output_dirs, output_dirs,
+from methods.experiment import (ExperimentLock, check_memory, check_output_dirs, output_dirs, refuse_to_overwrite,
                                 remove_stale_temp_files)
 from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
 from methods.tb_logger import TBLogger, new_run_dir
@@ -130,6 +130,7 @@ class Trainer:
         self.exp_dir = os.path.join(tc.checkpoint_dir, tc.exp_name)
         self.sample_dir = os.path.join(tc.sample_dir, tc.exp_name)
         self.run_dir = new_run_dir(os.path.join(tc.log_dir, tc.exp_name))
+        self.resumed = resume is not None
         if resume is not None:
             self.load_state(resume)
         self.logger = None
@@ -171,6 +172,8 @@ class Trainer:
         """Run to total_steps holding the experiment's lock; its output folders are checked before step 1."""
         check_output_dirs(output_dirs(self.cfg, self.exp_dir, self.sample_dir))
         with ExperimentLock(self.exp_dir):
+            if not self.resumed:
+                refuse_to_overwrite(self.exp_dir)
             remove_stale_temp_files(self.exp_dir)
             return self.run(stop_at)
 

@@ -207,3 +207,16 @@ def test_a_step_that_cannot_fit_is_refused_before_allocating(tiny_config, monkey
         Trainer(tiny_config(**{"train.batch_size": 12, "data.num_frames": 4}), quiet=True)
     trainer = Trainer(tiny_config(**{"train.memory_check": False}), quiet=True)  # the escape hatch
     assert trainer.step == 0
+
+
+def test_a_fresh_run_never_replaces_another_runs_checkpoints(tiny_config):
+    cfg = tiny_config(**{"train.max_steps": 2, "train.tensorboard": False})
+    first = Trainer(cfg, quiet=True)
+    first.train()
+    before = (os.path.join(first.exp_dir, "final.pt"), os.path.getmtime(os.path.join(first.exp_dir, "final.pt")))
+    with pytest.raises(UserError, match=r"already holds a run \(latest.pt\): continue it with `python main.py train "
+                                        r"--resume`, or start a new one under another --set train.exp_name=NAME"):
+        Trainer(cfg, quiet=True).train()
+    assert os.path.getmtime(before[0]) == before[1]
+    resumed = Trainer(cfg, resume=load_checkpoint(os.path.join(first.exp_dir, "latest.pt")), quiet=True)
+    assert resumed.step == 2  # --resume is the way on

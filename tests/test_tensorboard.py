@@ -166,10 +166,12 @@ def test_run_folders_resume_appends_without_duplicates_and_intervals(tiny_config
     assert [e.step for e in acc.Scalars("01_Training/loss")] == [1, 2, 3, 4, 5, 6]  # steps 4, 5 not doubled
     assert [e.step for e in acc.Histograms("06_Diffusion/timesteps")] == [1, 2, 3, 4, 5, 6]
 
-    # A run without --resume gets its own new folder; the earlier one is left as it was.
+    # A run without --resume gets its own new log folder; the earlier one is left as it was. (Its checkpoints go
+    # elsewhere: a fresh run never replaces another run's checkpoints.)
     before = sorted(os.listdir(first.run_dir))
     other = Trainer(tiny_config(**{"train.max_steps": 5, "train.log_every": 2, "train.stats_every": 0,
-                                   "train.hist_every": 0}), quiet=True)
+                                   "train.hist_every": 0,
+                                   "train.checkpoint_dir": os.path.dirname(first.exp_dir) + "_other"}), quiet=True)
     other.train()
     assert other.run_dir != first.run_dir and os.path.dirname(other.run_dir) == os.path.dirname(first.run_dir)
     assert sorted(os.listdir(first.run_dir)) == before

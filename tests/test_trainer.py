@@ -65,8 +65,8 @@ def test_trainer_runs_in_the_selected_precision(tiny_config, monkeypatch):
     trainer.train()
     assert ("cpu", torch.bfloat16) in seen
     seen.clear()
-    trainer = Trainer(tiny_config(**{"train.precision": "fp32", "train.max_steps": 1, "train.tensorboard": False}),
-                      quiet=True)
+    trainer = Trainer(tiny_config(**{"train.precision": "fp32", "train.max_steps": 1, "train.tensorboard": False,
+                                     "train.exp_name": "fp32"}), quiet=True)
     trainer.train()
     assert trainer.amp_dtype is None and seen == []
 
