@@ -21,6 +21,16 @@ class ConfigError(UserError):
 
 MAX_FRAMES = 512  # clip length bound: 512 frames of 512x512 already take 400 MB per clip
 MAX_IMAGE_SIZE = 1024  # frame size bound: beyond any pixel-space video model, and its clips would not fit in memory
+# field -> smallest allowed value (the ranges with an upper bound too are checked in Config.validate)
+MINIMUMS = {
+    "data.max_clip_pixels": 1, "data.synth_num": 1, "data.synth_holdout": 0, "data.synth_seed": 0,
+    "text.max_length": 2, "model.frame_chunk_size": 1, "diffusion.timesteps": 2, "diffusion.eta": 0,
+    "diffusion.min_snr_gamma": 0, "diffusion.guidance_scale": 0, "train.epochs": 1, "train.max_steps": 0,
+    "train.batch_size": 1, "train.grad_accum": 1, "train.weight_decay": 0, "train.grad_clip": 0,
+    "train.warmup_steps": 0, "train.seed": 0, "train.log_every": 1, "train.sample_every": 0, "train.stats_every": 0,
+    "train.hist_every": 0, "train.checkpoint_every": 1, "eval.evaluator_dim": 4, "eval.evaluator_patch": 1,
+    "eval.evaluator_depth": 1, "eval.evaluator_steps": 1, "eval.evaluator_batch_size": 2,
+}
 
 
 @dataclass
@@ -136,48 +146,26 @@ class Config:
                 value = getattr(getattr(self, section.name), f.name)
                 if isinstance(value, float) and not math.isfinite(value):
                     raise ConfigError(f"{section.name}.{f.name}={value!r} must be a finite number")
+        for name, low in MINIMUMS.items():
+            if get_field(self, name) < low:
+                raise ConfigError(f"{name}={get_field(self, name)!r} must be >= {low}")
         checks = [
             ("data.data_dir", bool(self.data.data_dir.strip()), "must name a folder"),
             ("data.num_frames", 1 <= self.data.num_frames <= MAX_FRAMES, f"must be in [1, {MAX_FRAMES}]"),
             ("data.image_size", 8 <= self.data.image_size <= MAX_IMAGE_SIZE, f"must be in [8, {MAX_IMAGE_SIZE}]"),
             ("data.val_fraction", 0.0 <= self.data.val_fraction < 1.0, "must be in [0, 1)"),
-            ("data.max_clip_pixels", self.data.max_clip_pixels >= 1, "must be >= 1"),
-            ("data.synth_num", self.data.synth_num >= 1, "must be >= 1"),
-            ("data.synth_holdout", self.data.synth_holdout >= 0, "must be >= 0"),
-            ("text.max_length", self.text.max_length >= 2, "must be >= 2"),
-            ("model.frame_chunk_size", self.model.frame_chunk_size >= 1, "must be >= 1"),
             ("model.caption_dropout", 0.0 <= self.model.caption_dropout < 1.0, "must be in [0, 1)"),
-            ("diffusion.timesteps", self.diffusion.timesteps >= 2, "must be >= 2"),
             ("diffusion.sample_steps", 1 <= self.diffusion.sample_steps <= self.diffusion.timesteps,
              "must be in [1, diffusion.timesteps]"),
-            ("diffusion.eta", self.diffusion.eta >= 0.0, "must be >= 0"),
-            ("diffusion.min_snr_gamma", self.diffusion.min_snr_gamma >= 0.0, "must be >= 0"),
-            ("diffusion.guidance_scale", self.diffusion.guidance_scale >= 0.0, "must be >= 0"),
-            ("train.epochs", self.train.epochs >= 1, "must be >= 1"),
-            ("train.max_steps", self.train.max_steps >= 0, "must be >= 0"),
-            ("train.batch_size", self.train.batch_size >= 1, "must be >= 1"),
-            ("train.grad_accum", self.train.grad_accum >= 1, "must be >= 1"),
             ("train.lr", 0 < self.train.lr <= 1, "must be in (0, 1]"),
-            ("train.weight_decay", 0 <= self.train.weight_decay and self.train.lr * self.train.weight_decay < 1,
-             "must be >= 0 with train.lr * train.weight_decay < 1 (AdamW shrinks weights by that factor each step)"),
-            ("train.grad_clip", self.train.grad_clip >= 0, "must be >= 0"),
-            ("train.warmup_steps", self.train.warmup_steps >= 0, "must be >= 0"),
+            ("train.weight_decay", self.train.lr * self.train.weight_decay < 1,
+             "must keep train.lr * train.weight_decay < 1 (AdamW shrinks weights by that factor each step)"),
             ("train.ema_decay", 0.0 <= self.train.ema_decay < 1.0, "must be in [0, 1)"),
-            ("train.log_every", self.train.log_every >= 1, "must be >= 1"),
-            ("train.sample_every", self.train.sample_every >= 0, "must be >= 0"),
-            ("train.stats_every", self.train.stats_every >= 0, "must be >= 0"),
-            ("train.hist_every", self.train.hist_every >= 0, "must be >= 0"),
-            ("train.checkpoint_every", self.train.checkpoint_every >= 1, "must be >= 1"),
-            ("train.seed", 0 <= self.train.seed < 2**63, "must be in [0, 2**63)"),
-            ("data.synth_seed", 0 <= self.data.synth_seed < 2**63, "must be in [0, 2**63)"),
+            ("train.seed", self.train.seed < 2**63, "must be below 2**63"),
+            ("data.synth_seed", self.data.synth_seed < 2**63, "must be below 2**63"),
             ("train.sample_prompts", all(p.strip() for p in self.train.sample_prompts), "must not hold empty captions"),
             ("train.exp_name", _safe_name(self.train.exp_name), "must be letters, digits, '-', '_' or '.'"),
-            ("eval.evaluator_dim", self.eval.evaluator_dim >= 4 and self.eval.evaluator_dim % 4 == 0,
-             "must be a positive multiple of 4"),
-            ("eval.evaluator_patch", self.eval.evaluator_patch >= 1, "must be >= 1"),
-            ("eval.evaluator_depth", self.eval.evaluator_depth >= 1, "must be >= 1"),
-            ("eval.evaluator_steps", self.eval.evaluator_steps >= 1, "must be >= 1"),
-            ("eval.evaluator_batch_size", self.eval.evaluator_batch_size >= 2, "must be >= 2"),
+            ("eval.evaluator_dim", self.eval.evaluator_dim % 4 == 0, "must be a positive multiple of 4"),
             ("eval.evaluator_lr", self.eval.evaluator_lr > 0, "must be > 0"),
         ]
         for name, ok, why in checks:

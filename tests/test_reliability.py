@@ -29,7 +29,7 @@ from utils.gif import safe_filename
     ("data.image_size=1000000", "data.image_size=1000000 must be in [8, 1024]"),
     ("data.image_size=30", "multiple of the patch size 4 of model.arch=DiT-Demo/4"),  # the model's, first
     ("diffusion.timesteps=1001", "diffusion.timesteps=1001 must be <= 1000"),
-    ("train.seed=18446744073709551616", "train.seed=18446744073709551616 must be in [0, 2**63)"),
+    ("train.seed=18446744073709551616", "train.seed=18446744073709551616 must be below 2**63"),
     ("data.data_dir=", "data.data_dir='' must name a folder"),
     ("train.sample_prompts=hello,  ,bye", None),  # empty items are dropped by the parser, so this is fine
 ])
