@@ -18,6 +18,7 @@ def cmd_train(args) -> int:
     from data.synth import ensure_data
     from methods.checkpoint import load_checkpoint
     from methods.configure import config_from_checkpoint, load_config
+    from methods.experiment import refuse_to_overwrite
     from methods.trainer import Trainer
 
     cfg = load_config(args.preset, args.overrides)
@@ -28,6 +29,8 @@ def cmd_train(args) -> int:
         # The run continues with the configuration it was started with; --set may still change fields.
         cfg = config_from_checkpoint(state, args.overrides)
         print(f"resuming {path} at step {state['step']} (epoch {state['epoch']})", file=sys.stderr)
+    else:  # said at once, before minutes of data decoding; the trainer checks again under the experiment's lock
+        refuse_to_overwrite(os.path.join(cfg.train.checkpoint_dir, cfg.train.exp_name))
     ensure_data(cfg.data)
     trainer = Trainer(cfg, resume=state)
     if trainer.step >= trainer.total_steps:

@@ -220,3 +220,16 @@ def test_a_fresh_run_never_replaces_another_runs_checkpoints(tiny_config):
     assert os.path.getmtime(before[0]) == before[1]
     resumed = Trainer(cfg, resume=load_checkpoint(os.path.join(first.exp_dir, "latest.pt")), quiet=True)
     assert resumed.step == 2  # --resume is the way on
+
+
+def test_the_cli_refuses_a_second_fresh_run_before_decoding_anything(tmp_path, synth_dir, tiny_encoder, capsys,
+                                                                        monkeypatch):
+    overrides = tiny_overrides(tmp_path, synth_dir, tiny_encoder, **{"train.max_steps": 1})
+    assert main.main(["train", *sets(overrides)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(trainer_module, "SignDataset", lambda *a, **k: pytest.fail("decoded data before refusing"))
+    assert main.main(["train", *sets(overrides)]) == 2
+    exp = tmp_path / "checkpoints" / "tiny"
+    assert capsys.readouterr().err.strip() == (
+        f"error: {exp} already holds a run (latest.pt): continue it with `python main.py train --resume`, or start a "
+        f"new one under another --set train.exp_name=NAME")
