@@ -249,7 +249,8 @@ def test_train_cli_reports_and_rejects_pretrained(tmp_path, synth_dir, tiny_enco
 
     def train(path):
         overrides = tiny_overrides(tmp_path, synth_dir, tiny_encoder, **{"model.pretrained": path,
-                                                                         "train.max_steps": 1})
+                                                                         "train.max_steps": 1,
+                                                                         "train.exp_name": path.stem})
         return main.main(["train", *sets(overrides)])
     assert train(good) == 0
     assert "loaded exactly        27 tensors" in capsys.readouterr().err
