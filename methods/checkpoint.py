@@ -44,6 +44,12 @@ def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
     return bad
 
 
+def nonfinite_summary(state: dict) -> str | None:
+    """The first few non-finite tensors of `state` for a one-line message ("a, b, c ..."), or None if all finite."""
+    bad = nonfinite_tensors(state)
+    return ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "") if bad else None
+
+
 def rng_state(generator: torch.Generator) -> dict:
     """Every random stream a resumed run must continue: python, numpy, torch (CPU, CUDA) and the trainer's own."""
     np_state = np.random.get_state()

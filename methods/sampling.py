@@ -17,7 +17,7 @@ import torch
 from config import DiffusionConfig
 from data.folder import caption_words
 from diffusion import SAMPLERS, GaussianDiffusion
-from methods.checkpoint import load_checkpoint, nonfinite_tensors
+from methods.checkpoint import load_checkpoint, nonfinite_summary
 from methods.configure import config_from_checkpoint
 from models import build_video_model
 from models.text_encoder import TextEmbeddings
@@ -84,10 +84,10 @@ def warn_unknown_words(captions: list[str], state: dict) -> list[str]:
 def load_ema_model(path: str, device="cpu"):
     """A checkpoint's config, its EMA weights in eval mode on `device`, its diffusion process, and the raw state."""
     state = load_checkpoint(path)
-    bad = nonfinite_tensors(state["ema"])
+    bad = nonfinite_summary(state["ema"])
     if bad:
-        raise UserError(f"{path} holds non-finite EMA weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
-                        f"the run diverged before it was saved; sample an earlier checkpoint")
+        raise UserError(f"{path} holds non-finite EMA weights ({bad}): the run diverged before it was saved; sample "
+                        f"an earlier checkpoint")
     cfg = config_from_checkpoint(state)
     model = build_video_model(cfg, state["text_dim"])
     model.load_state_dict(state["ema"])

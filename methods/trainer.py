@@ -20,7 +20,7 @@ from config import Config, TrainConfig
 from data.folder import caption_words
 from dataset import SignDataset
 from diffusion import GaussianDiffusion
-from methods.checkpoint import nonfinite_tensors, rng_state, save_checkpoint, set_rng_state
+from methods.checkpoint import nonfinite_summary, rng_state, save_checkpoint, set_rng_state
 from methods.experiment import (ExperimentLock, check_memory, check_output_dirs, output_dirs, refuse_to_overwrite,
                                 remove_stale_temp_files)
 from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
@@ -271,10 +271,10 @@ class Trainer:
         """Write the checkpoint under each name. Non-finite weights are never written (a UserError); a failed write
         (disk full, folder gone) is a one-line warning: the state stays in memory and the next interval retries."""
         state = self.state_dict()
-        bad = nonfinite_tensors({"model": state["model"], "ema": state["ema"]})
+        bad = nonfinite_summary({"model": state["model"], "ema": state["ema"]})
         if bad:
-            raise UserError(f"refusing to save non-finite weights at step {self.step} ({', '.join(bad[:3])}"
-                            f"{' ...' if len(bad) > 3 else ''}); {self.last_checkpoint_text()}")
+            raise UserError(f"refusing to save non-finite weights at step {self.step} ({bad}); "
+                            f"{self.last_checkpoint_text()}")
         for name in names:
             path = os.path.join(self.exp_dir, name)
             try:
