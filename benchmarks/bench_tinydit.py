@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from models import build_model  # noqa: E402
-from models.blocks import Attention, CrossAttention  # noqa: E402
+from models.blocks import Attention, CrossAttention, TemporalAttention, TextCrossAttention  # noqa: E402
 from methods.train_stats import peak_rss_mb, rss_mb  # noqa: E402
 
 PEAK_FLOPS = {("cpu", "fp32"): 175e9, ("cpu", "bf16"): 501e9, ("cuda", "bf16"): 798e12, ("cuda", "fp32"): 798e12}
@@ -66,9 +66,15 @@ def forward_flops(arch: str, batch: int, frames: int, size: int, text_len: int =
             elif isinstance(module, nn.Conv2d):
                 k = module.kernel_size[0] * module.kernel_size[1]
                 counts[_group(name)] += 2 * output.numel() * module.in_channels * k
+            elif isinstance(module, TextCrossAttention):
+                b, tt, n, d = inputs[0].shape
+                counts[_group(name)] += 4 * b * tt * n * inputs[2].shape[1] * d  # q k^T and attn v
             elif isinstance(module, CrossAttention):
                 b, n, d = inputs[0].shape
-                counts[_group(name)] += 4 * b * n * inputs[1].shape[1] * d  # q k^T and attn v
+                counts[_group(name)] += 4 * b * n * inputs[1].shape[1] * d
+            elif isinstance(module, TemporalAttention):
+                b, tt, n, d = inputs[0].shape
+                counts[_group(name)] += 4 * b * n * tt * tt * d  # each position attends over the frames
             elif isinstance(module, Attention):
                 b, n, d = inputs[0].shape
                 counts[_group(name)] += 4 * b * n * n * d

@@ -68,13 +68,41 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, D)
 
 
-class Mlp(nn.Module):
-    """Transformer feed-forward (fc1 -> GELU(tanh) -> fc2), named like timm's Mlp used by DiT."""
+class TubeletEmbed(nn.Module):
+    """Non-overlapping tubelets (tubelet frames x patch x patch pixels) -> tokens, as in ViViT's tubelet embedding."""
 
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, tubelet: int, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        size = (tubelet, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=size, stride=size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, T, H, W) -> (B, T'*N, D), time-major
+
+
+def unpatchify_tubelets(x: torch.Tensor, tubelet: int, patch: int, frames: int, grid: int, channels: int):
+    """(B, T'*N, t*p*p*C) tokens, time-major, -> (B, C, T, H, W) clips; the inverse of TubeletEmbed's layout."""
+    B, tt, g = x.shape[0], frames // tubelet, grid
+    x = x.reshape(B, tt, g, g, tubelet, patch, patch, channels)
+    x = torch.einsum("bthwupqc->bctuhpwq", x)  # (B, C, T', t, g, p, g, p)
+    return x.reshape(B, channels, frames, g * patch, g * patch)
+
+
+def sincos_3d(dim: int, frames: int, grid: int) -> torch.Tensor:
+    """Fixed position features of a time-major (frames x grid x grid) token grid: the 2D grid's sin-cos plus the
+    frame index's sin-cos, (frames * grid**2, dim)."""
+    space = sincos_2d(dim, grid)  # (N, dim)
+    time = sincos_1d(torch.arange(frames), dim)  # (frames, dim)
+    return (time[:, None, :] + space[None, :, :]).reshape(frames * grid * grid, dim)
+
+
+class Mlp(nn.Module):
+    """Transformer feed-forward (fc1 -> GELU -> fc2), named like timm's Mlp used by DiT."""
+
+    def __init__(self, dim: int, hidden_dim: int, gelu: str = "tanh"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate=gelu)  # DiT uses the tanh approximation, ViT the exact GELU ("none")
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +145,79 @@ class CrossAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
+class TemporalAttention(Attention):
+    """Each spatial position attends over the frames; the residual of x (B, T, N, D) whose queries and keys know
+    their frame index (frame_pos (T, D)). Parameters are Attention's, so state-dict keys stay qkv / proj."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__(dim, num_heads)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, frame_pos: torch.Tensor) -> torch.Tensor:
+        B, T, N, D = x.shape
+        h = x.permute(0, 2, 1, 3).reshape(B * N, T, D)  # (B*N, T, D)
+        h = super().forward(self.norm(h) + frame_pos)  # (B*N, T, D)
+        return h.view(B, N, T, D).permute(0, 2, 1, 3)  # (B, T, N, D)
+
+
+class TextCrossAttention(CrossAttention):
+    """Every token of x (B, T, N, D) attends to the caption tokens; queries carry their frame index (frame_pos (T, D)),
+    so each frame can pick its own words. Returns the residual (B, T, N, D)."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int):
+        super().__init__(dim, context_dim, num_heads)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, frame_pos: torch.Tensor, text: torch.Tensor, mask: torch.Tensor):
+        B, T, N, D = x.shape
+        q = (self.norm(x) + frame_pos[:, None, :]).reshape(B, T * N, D)  # (B, T*N, D)
+        return super().forward(q, text, mask).view(B, T, N, D)
+
+
+class TextConditioner(nn.Module):
+    """Maps the pooled caption vector into the conditioning space; learned null embeddings stand in for dropped
+    captions (caption dropout in training, the unconditional half of classifier-free guidance in sampling)."""
+
+    def __init__(self, text_dim: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.null_pooled = nn.Parameter(torch.zeros(text_dim))
+        self.null_token = nn.Parameter(torch.zeros(text_dim))
+
+    def initialize_weights(self) -> None:
+        for layer in (self.proj[0], self.proj[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.null_pooled, std=0.02)
+        nn.init.normal_(self.null_token, std=0.02)
+
+    def apply_dropout(self, tokens, mask, pooled, drop):
+        """Replace the captions where drop (B,) is True by the null embedding (one null token, unmasked)."""
+        if drop is None or not bool(drop.any()):
+            return tokens, mask, pooled
+        d = drop.view(-1, 1)
+        pooled = torch.where(d, self.null_pooled.to(pooled.dtype).expand_as(pooled), pooled)
+        tokens = torch.where(d.unsqueeze(-1), self.null_token.to(tokens.dtype).expand_as(tokens), tokens)
+        mask = torch.where(d, torch.ones_like(mask), mask)
+        return tokens, mask, pooled
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of module: an added branch that starts as the identity of its residual."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def xavier_linears(module: nn.Module) -> None:
+    """DiT's basic init: xavier-uniform Linear weights, zero biases (the starting point every model refines)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class DiTBlock(nn.Module):
     """DiT block with adaLN-Zero conditioning: attention and MLP, each scaled by a conditioning gate."""
 
@@ -148,10 +249,10 @@ class DiTBlock(nn.Module):
 class FinalLayer(nn.Module):
     """adaLN-modulated LayerNorm and a linear map from tokens to patch pixels."""
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, tubelet: int = 1):
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
+        self.linear = nn.Linear(hidden_size, tubelet * patch_size * patch_size * out_channels, bias=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from models.blocks import (Attention, CrossAttention, DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder,
-                           sincos_1d, sincos_2d)
+from models.blocks import (DiTBlock, FinalLayer, PatchEmbed, TemporalAttention, TextConditioner, TextCrossAttention,
+                           TimestepEmbedder, sincos_1d, sincos_2d, xavier_linears)
 
 # Named sizes, like DiT's DiT_models; TinyDiT-D14/2 is TinyFusion's pruned 14-block DiT-XL/2.
 DiT_models: dict[str, dict[str, int]] = {
@@ -25,36 +25,14 @@ DiT_models: dict[str, dict[str, int]] = {
 }
 
 
-class TextConditioner(nn.Module):
-    """Maps the pooled caption vector into adaLN space; learned null embeddings stand in for dropped captions."""
-
-    def __init__(self, text_dim: int, hidden_size: int):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-        self.null_pooled = nn.Parameter(torch.zeros(text_dim))
-        self.null_token = nn.Parameter(torch.zeros(text_dim))
-
-    def apply_dropout(self, tokens, mask, pooled, drop):
-        """Replace the captions where drop (B,) is True by the null embedding (one null token, unmasked)."""
-        if drop is None or not bool(drop.any()):
-            return tokens, mask, pooled
-        d = drop.view(-1, 1)
-        pooled = torch.where(d, self.null_pooled.to(pooled.dtype).expand_as(pooled), pooled)
-        tokens = torch.where(d.unsqueeze(-1), self.null_token.to(tokens.dtype).expand_as(tokens), tokens)
-        mask = torch.where(d, torch.ones_like(mask), mask)
-        return tokens, mask, pooled
-
-
 class VideoDiTBlock(DiTBlock):
     """DiT block (spatial, per frame) + temporal attention across frames + cross-attention to text tokens."""
 
     def __init__(self, hidden_size: int, num_heads: int, text_dim: int, temporal: bool, cross: bool,
                  mlp_ratio: float = 4.0):
         super().__init__(hidden_size, num_heads, mlp_ratio)
-        self.temporal_attn = Attention(hidden_size, num_heads) if temporal else None
-        self.norm_t = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6) if temporal else None
-        self.cross_attn = CrossAttention(hidden_size, text_dim, num_heads) if cross else None
-        self.norm_c = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6) if cross else None
+        self.temporal_attn = TemporalAttention(hidden_size, num_heads) if temporal else None
+        self.cross_attn = TextCrossAttention(hidden_size, text_dim, num_heads) if cross else None
 
     def spatial(self, x, mod):
         """Per-frame self-attention: x (B, Tc, N, D)."""
@@ -64,17 +42,13 @@ class VideoDiTBlock(DiTBlock):
 
     def temporal(self, x, frame_pos):
         """Each spatial position attends over all frames: x (B, T, N, D), frame_pos (T, D)."""
-        B, T, N, D = x.shape
-        h = x.permute(0, 2, 1, 3).reshape(B * N, T, D)  # (B*N, T, D)
-        h = self.temporal_attn(self.norm_t(h) + frame_pos)
-        return x + h.view(B, N, T, D).permute(0, 2, 1, 3)
+        return x + self.temporal_attn(x, frame_pos)
 
     def cross_and_mlp(self, x, mod, frame_pos, text, text_mask):
         """Cross-attention to the caption (queries know their frame index), then the adaLN MLP: x (B, Tc, N, D)."""
         B, Tc, N, D = x.shape
         if self.cross_attn is not None:
-            q = (self.norm_c(x) + frame_pos[:, None, :]).reshape(B, Tc * N, D)  # (B, Tc*N, D)
-            x = x + self.cross_attn(q, text, text_mask).view(B, Tc, N, D)
+            x = x + self.cross_attn(x, frame_pos, text, text_mask)
         return self.mlp_branch(x.reshape(B, Tc * N, D), mod).view(B, Tc, N, D)
 
     def forward(self, x, c, frame_pos, text, text_mask, chunk: int, use_checkpoint: bool):
@@ -115,20 +89,13 @@ class VideoDiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT's init, plus zero output projections on the added attentions (identity at init)."""
-        def _basic_init(module):
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        self.apply(_basic_init)
+        xavier_linears(self)
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.text_embedder.proj[0],
-                      self.text_embedder.proj[2]):
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
-        nn.init.normal_(self.text_embedder.null_pooled, std=0.02)
-        nn.init.normal_(self.text_embedder.null_token, std=0.02)
+        self.text_embedder.initialize_weights()
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
