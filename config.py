@@ -57,9 +57,10 @@ class TextConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "TinyDiT-D14/2"  # key of models.DiT_models (depth / hidden / heads / patch)
-    pretrained: str = ""  # TinyDiT checkpoint to start from ("" = random init); see pretrained/README.md
-    frame_chunk_size: int = 4  # frames per spatial-block pass: bounds activation memory on big models
+    arch: str = "TinyDiT-D14/2"  # a named size of models.MODELS: VideoDiT, UNet3D, ViT3D, DiT3D or ViViT
+    pretrained: str = ""  # TinyDiT checkpoint to start a VideoDiT from ("" = random init); see pretrained/README.md
+    vit_init: str = ""  # Hugging Face ViT (name or folder) to start a ViViT's per-frame encoder from ("" = random)
+    frame_chunk_size: int = 4  # VideoDiT: frames per spatial-block pass, bounds activation memory on big models
     grad_checkpointing: bool = False  # recompute chunk activations in backward to save memory
     temporal_attention: bool = True  # attention across frames at each spatial position
     cross_attention: bool = True  # token-level text conditioning (the pooled vector always conditions adaLN)

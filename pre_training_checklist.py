@@ -114,20 +114,21 @@ def check_text_encoder(name: str, max_length: int):
 
 def check_model(cfg, text_dim: int):
     from models import build_video_model
+    from models.registry import parameter_groups
 
     torch.manual_seed(cfg.train.seed)
     model = build_video_model(cfg, text_dim)
-    groups = {"image backbone": 0, "text": 0, "temporal": 0, "cross": 0}
-    for name, p in model.named_parameters():
-        key = ("text" if name.startswith("text_embedder") else "temporal" if ".temporal_attn." in name
-               else "cross" if ".cross_attn." in name else "image backbone")
-        groups[key] += p.numel()
+    groups = parameter_groups(model)
     total = sum(groups.values())
-    return PASS, (f"{cfg.model.arch}: {total:,} parameters ("
+    return PASS, (f"{cfg.model.arch} ({type(model).__name__}): {total:,} parameters ("
                   + ", ".join(f"{k} {format_count(v)}" for k, v in groups.items()) + ")"), model
 
 
-def check_pretrained(model, source: str):
+def check_pretrained(model, source: str, vit_init: str):
+    if vit_init:
+        from models.vit_init import load_vit
+
+        return PASS, load_vit(model, vit_init)
     if not source:
         return PASS, "none configured: random init (the tinyfusion preset starts from TinyDiT-D14/2)"
     from models.pretrained import load_pretrained
@@ -231,7 +232,7 @@ def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
     text_dim = checks.run("text encoder", check_text_encoder, cfg.text.encoder, cfg.text.max_length)
     model = checks.run("model", check_model, cfg, text_dim or 768)
     if model is not None:
-        checks.run("pretrained", check_pretrained, model, cfg.model.pretrained)
+        checks.run("pretrained", check_pretrained, model, cfg.model.pretrained, cfg.model.vit_init)
         checks.run("backbone trainable", check_backbone_trainable, model)
     from methods.experiment import output_dirs
 

@@ -32,8 +32,6 @@ import torch
 
 from preflight import FAIL, PASS, Checks, check_config, format_count, parse_args
 
-GRAD_TARGETS = {"patch embedding": "x_embedder.proj.weight", "text projection": "text_embedder.proj.0.weight",
-                "final layer": "final_layer.linear.weight"}
 STD_RANGE = (1e-3, 1e2)
 MIN_TEXT_EFFECT = 1e-5
 
@@ -97,8 +95,9 @@ class Probe:
 
 
 def probe_steps(trainer, probe: Probe, checks: Checks, max_steps: int) -> None:
-    """Train on the probe batch until every GRAD_TARGETS module has had a non-zero gradient (or max_steps)."""
-    params = dict(trainer.model.named_parameters())
+    """Train on the probe batch until each of the model's GRAD_PROBES (its input, text and output layers) has had a
+    non-zero gradient (or max_steps)."""
+    params, targets = dict(trainer.model.named_parameters()), type(trainer.model).GRAD_PROBES
     for group in trainer.optimizer.param_groups:
         group["lr"] = trainer.cfg.train.lr  # the warmup's first lr is ~0: probe with the configured peak lr
     first_seen: dict[str, tuple[int, float]] = {}
@@ -109,14 +108,14 @@ def probe_steps(trainer, probe: Probe, checks: Checks, max_steps: int) -> None:
         if step == 1 and not checks.expect("loss finite", math.isfinite(loss.item()), f"{loss.item():.4f}"):
             break
         loss.backward()
-        for label, key in GRAD_TARGETS.items():
+        for label, key in targets.items():
             grad = params[key].grad
             if label not in first_seen and grad is not None and bool(grad.isfinite().all()) and grad.any():
                 first_seen[label] = (step, grad.norm().item())
         trainer.optimizer.step()
-        if len(first_seen) == len(GRAD_TARGETS):
+        if len(first_seen) == len(targets):
             break
-    for label, key in GRAD_TARGETS.items():
+    for label, key in targets.items():
         if label in first_seen:
             step, norm = first_seen[label]
             checks.record(PASS, f"gradient reaches the {label}", f"{key}: |grad| {norm:.2e} at probe step {step}")

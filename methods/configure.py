@@ -6,29 +6,26 @@ from __future__ import annotations
 from config import Config, ConfigError, apply_overrides, build_config
 from dataset import RESIZE_MODES
 from diffusion import PREDICTIONS, SAMPLERS
-from models import DiT_models
+from models import MODELS, check_model_config
 from schedulers import BASE_TIMESTEPS, LR_SCHEDULES, SCHEDULES
 from utils.device import PRECISIONS
 
 # field -> the owner's collection of allowed names (referenced, never retyped)
 CHOICES = {
-    "data.resize_mode": RESIZE_MODES, "model.arch": DiT_models, "diffusion.schedule": SCHEDULES,
+    "data.resize_mode": RESIZE_MODES, "model.arch": MODELS, "diffusion.schedule": SCHEDULES,
     "diffusion.prediction": PREDICTIONS, "diffusion.sampler": SAMPLERS, "train.lr_schedule": LR_SCHEDULES,
     "train.precision": PRECISIONS,
 }
 
 
 def check_choices(cfg: Config) -> Config:
-    """Every choice field names something its owner defines, and the frame size fits the model's patches."""
+    """Every choice field names something its owner defines, and the model's own rules hold (clip size, fields)."""
     for dotted, allowed in CHOICES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
-            raise ConfigError(f"{dotted}={value!r} must be one of {', '.join(sorted(allowed))}")
-    patch = DiT_models[cfg.model.arch]["patch_size"]
-    if cfg.data.image_size % patch:
-        raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of the patch size {patch} "
-                          f"of model.arch={cfg.model.arch}")
+            raise ConfigError(f"{dotted}={value!r} must be one of {', '.join(allowed)}")
+    check_model_config(cfg)
     if cfg.data.image_size % cfg.eval.evaluator_patch:
         raise ConfigError(f"eval.evaluator_patch={cfg.eval.evaluator_patch} must divide data.image_size="
                           f"{cfg.data.image_size}")

@@ -3,10 +3,14 @@ is free, one run at a time (a lock), and the temp files a killed save left behin
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import socket
 import sys
 import time
+
+import torch
+import torch.nn as nn
 
 from config import Config
 from utils.atomic import is_temp_file, unwritable_reason
@@ -20,19 +24,44 @@ except ImportError:  # Windows
 
 LOCK_FILE = ".lock"
 BYTES_PER_PARAM_TRAINING = 20  # fp32 weights + EMA + two AdamW moments + gradients
-# 4-byte values per token x hidden x block that a training step holds after the forward pass, with / without
-# activation checkpointing: measured as resident memory on CPU for TinyDiT-D14/2 (7.2 at 16 frames in chunks of 4,
-# 38.7 without checkpointing; benchmarks/bench_tinydit.py)
-ACTIVATION_VALUES = {True: 7, False: 40}
+
+
+def saved_activation_values(model, batch: int, frames: int, image_size: int, text_len: int, text_dim: int) -> int:
+    """Values autograd keeps from one training forward pass, counted on the meta device (shapes only: no memory, no
+    arithmetic), so it holds for every architecture and honours its activation checkpointing. For TinyDiT-D14/2 at
+    16x64x64 this counts 44.8 values per token x hidden x block against the 38.7 measured as resident memory
+    (benchmarks/bench_tinydit.py): a slight overestimate."""
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in model.parameters()}
+    memo.update({id(b): torch.empty_like(b, device="meta") for b in model.buffers()})
+    meta = copy.deepcopy(model, memo).train()  # the weights are never copied: a 340M model costs nothing here
+    weights = {id(p) for p in meta.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        base = t if t._base is None else t._base
+        if id(base) not in weights and id(base) not in seen:
+            seen.add(id(base))
+            total += base.numel()
+        return t
+
+    with torch.device("meta"):
+        args = (torch.empty(batch, model.in_channels, frames, image_size, image_size), torch.zeros(batch),
+                torch.empty(batch, text_len, text_dim), torch.ones(batch, text_len, dtype=torch.bool),
+                torch.empty(batch, text_dim))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        type(meta).forward(meta, *args)  # the class's forward: a copied instance attribute would call the original
+    return total
 
 
 def estimate_memory(cfg: Config, model) -> int:
-    """Bytes for one training step: parameters, grads, AdamW, EMA (fp32) plus saved activations (rough)."""
+    """Bytes for one training step: parameters, grads, AdamW, EMA (fp32) plus the activations a step keeps."""
     n_params = sum(p.numel() for p in model.parameters())
-    hidden, depth = model.pos_embed.shape[-1], len(model.blocks)
-    tokens = cfg.train.batch_size * cfg.data.num_frames * model.grid ** 2
-    activations = 4 * ACTIVATION_VALUES[cfg.model.grad_checkpointing] * tokens * hidden * depth
-    return n_params * BYTES_PER_PARAM_TRAINING + activations
+    text_dim = model.text_embedder.null_pooled.shape[0]
+    activations = saved_activation_values(model, cfg.train.batch_size, cfg.data.num_frames, cfg.data.image_size,
+                                          cfg.text.max_length, text_dim)
+    return n_params * BYTES_PER_PARAM_TRAINING + 4 * activations
 
 
 def check_memory(cfg: Config, model, device) -> None:

@@ -26,7 +26,7 @@ from methods.experiment import (ExperimentLock, check_memory, check_output_dirs,
 from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
 from methods.tb_logger import TBLogger, new_run_dir
 from methods.train_stats import StepClock
-from models import build_video_model
+from models import build_video_model, load_initial_weights
 from models.text_encoder import embed_captions
 from schedulers import lr_factor
 from utils.device import autocast, autocast_dtype, select_device
@@ -108,12 +108,9 @@ class Trainer:
         self.text_dim = self.text.pooled.shape[1]
         torch.manual_seed(tc.seed)
         self.model = build_video_model(cfg, self.text_dim)
-        if cfg.model.pretrained and resume is None:
-            from models.pretrained import load_pretrained
-
-            report = load_pretrained(self.model, cfg.model.pretrained)
-            if not quiet:
-                print(report, file=sys.stderr)
+        report = load_initial_weights(self.model, cfg) if resume is None else None
+        if report and not quiet:
+            print(report, file=sys.stderr)
         check_memory(cfg, self.model, self.device)  # before the EMA copy and the optimizer state are allocated
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()

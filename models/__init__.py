@@ -1,3 +1,3 @@
-from models.video_dit import DiT_models, VideoDiT, build_model, build_video_model
+from models.registry import MODELS, build_model, build_video_model, check_model_config, load_initial_weights
 
-__all__ = ["DiT_models", "VideoDiT", "build_model", "build_video_model"]
+__all__ = ["MODELS", "build_model", "build_video_model", "check_model_config", "load_initial_weights"]

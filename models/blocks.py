@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -207,6 +208,11 @@ def zero_module(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+def maybe_checkpoint(enabled: bool, fn, *args):
+    """fn(*args), recomputed in backward instead of keeping its activations when enabled (activation checkpointing)."""
+    return checkpoint(fn, *args, use_reentrant=False) if enabled else fn(*args)
 
 
 def xavier_linears(module: nn.Module) -> None:

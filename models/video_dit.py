@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from models.blocks import (DiTBlock, FinalLayer, PatchEmbed, TemporalAttention, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, sincos_1d, sincos_2d, xavier_linears)
+                           TimestepEmbedder, maybe_checkpoint, sincos_1d, sincos_2d, xavier_linears)
 
 # Named sizes, like DiT's DiT_models; TinyDiT-D14/2 is TinyFusion's pruned 14-block DiT-XL/2.
 DiT_models: dict[str, dict[str, int]] = {
@@ -53,7 +52,7 @@ class VideoDiTBlock(DiTBlock):
 
     def forward(self, x, c, frame_pos, text, text_mask, chunk: int, use_checkpoint: bool):
         mod = self.modulation(c)
-        run = (lambda f, *a: checkpoint(f, *a, use_reentrant=False)) if use_checkpoint else (lambda f, *a: f(*a))
+        run = lambda f, *a: maybe_checkpoint(use_checkpoint, f, *a)  # noqa: E731
         T = x.shape[1]
         x = torch.cat([run(self.spatial, x[:, i:i + chunk], mod) for i in range(0, T, chunk)], dim=1)
         if self.temporal_attn is not None:
@@ -64,6 +63,16 @@ class VideoDiTBlock(DiTBlock):
 
 class VideoDiT(nn.Module):
     """Denoiser for clips (B, C, T, H, W) conditioned on a diffusion timestep and a caption embedding."""
+
+    OPTIONS = ("temporal_attention", "cross_attention", "frame_chunk_size", "grad_checkpointing")
+    INIT_FIELD = "pretrained"
+    GRAD_PROBES = {"patch embedding": "x_embedder.proj.weight", "text projection": "text_embedder.proj.0.weight",
+                   "final layer": "final_layer.linear.weight"}
+
+    @staticmethod
+    def multiples(size: dict) -> tuple[int, int]:
+        """(frames, pixels) the clip size must be a multiple of."""
+        return 1, size["patch_size"]
 
     def __init__(self, image_size: int, text_dim: int, depth: int, hidden_size: int, patch_size: int,
                  num_heads: int, in_channels: int = 3, mlp_ratio: float = 4.0, temporal_attention: bool = True,
@@ -130,15 +139,3 @@ class VideoDiT(nn.Module):
         out = self.final_layer(h.reshape(B, -1, h.shape[-1]), c)  # (B, T*N, p*p*C)
         out = self.unpatchify(out.reshape(B * T, -1, out.shape[-1]))  # (B*T, C, H, W)
         return out.view(B, T, C, H, W).permute(0, 2, 1, 3, 4)  # (B, C, T, H, W)
-
-
-def build_model(arch: str, image_size: int, text_dim: int, **kwargs) -> VideoDiT:
-    return VideoDiT(image_size=image_size, text_dim=text_dim, **DiT_models[arch], **kwargs)
-
-
-def build_video_model(cfg, text_dim: int) -> VideoDiT:
-    """The VideoDiT a Config describes (cfg.model and cfg.data.image_size)."""
-    m = cfg.model
-    return build_model(m.arch, cfg.data.image_size, text_dim, temporal_attention=m.temporal_attention,
-                       cross_attention=m.cross_attention, frame_chunk_size=m.frame_chunk_size,
-                       grad_checkpointing=m.grad_checkpointing)

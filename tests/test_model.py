@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from models import DiT_models, build_model
+from models import build_model
+from models.video_dit import DiT_models
 from models.blocks import DiTBlock
 
 TEXT_DIM = 24

@@ -8,7 +8,8 @@ import torch
 
 import main
 from conftest import dit_pos_embed, sets, tiny_overrides, tinyfusion_state_dict
-from models import DiT_models, build_model
+from models import build_model
+from models.video_dit import DiT_models
 from models.pretrained import (RELEASE_FILE, abbreviate, adapt_final_linear, adapt_patch_embed, load_pretrained,
                                load_state_dict_into)
 from utils.errors import UserError

@@ -55,7 +55,7 @@ def test_the_flow_check_sees_a_wrong_edge(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     (tmp_path / "utils" / "leaf.py").write_text("def f():\n    from dataset import SignDataset\n")
     (tmp_path / "models" / "net.py").write_text("import torch\nfrom methods.sampling import generate\n")
-    (tmp_path / "config.py").write_text("from models import DiT_models\nfrom utils.errors import UserError\n")
+    (tmp_path / "config.py").write_text("from models import MODELS\nfrom utils.errors import UserError\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     files = sorted(tmp_path.rglob("*.py"))
     assert edges_against_the_flow(files) == ["config.py:1 imports models", "models/net.py:2 imports methods.sampling",
