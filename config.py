@@ -64,6 +64,7 @@ class ModelConfig:
     grad_checkpointing: bool = False  # recompute chunk activations in backward to save memory
     temporal_attention: bool = True  # attention across frames at each spatial position
     cross_attention: bool = True  # token-level text conditioning (the pooled vector always conditions adaLN)
+    text_alignment: bool = False  # prior that each frame reads the caption words at its relative place (in order)
     caption_dropout: float = 0.1  # share of training captions replaced by the learned null embedding (CFG)
 
 

@@ -137,12 +137,17 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(context_dim, dim * 2, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """bias: an optional additive prior on the attention logits, broadcastable to (B, H, N, L)."""
         B, N, D = x.shape
         L, H = context.shape[1], self.num_heads
         q = self.q(x).reshape(B, N, H, D // H).transpose(1, 2)  # (B, H, N, D/H)
         kv = self.kv(context).reshape(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, L, D/H)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask[:, None, None, :])
+        attn_mask = mask[:, None, None, :]  # (B, 1, 1, L)
+        if bias is not None:
+            attn_mask = bias.to(q.dtype).masked_fill(~attn_mask, float("-inf"))  # (B, H, N, L)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -161,18 +166,38 @@ class TemporalAttention(Attention):
         return h.view(B, N, T, D).permute(0, 2, 1, 3)  # (B, T, N, D)
 
 
+ALIGN_SHARPNESS = 18.0  # logit penalty per squared relative-position gap: -2 at a gap of 1/3 (a 3-word caption's step)
+
+
+def alignment_prior(frames: int, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, L) prior that frame t reads the caption tokens at the same relative place: -(u_t - v_k)^2 x sharpness,
+    u_t = (t + 1/2) / T over the clip, v_k = (k + 1/2) / n over each caption's n real tokens (mask (B, L)). Signed
+    sentences and the synthetic captions both run their words through the clip in order."""
+    u = (torch.arange(frames, device=mask.device, dtype=torch.float32) + 0.5) / frames  # (T,)
+    n = mask.sum(dim=1, keepdim=True).clamp(min=1).float()  # (B, 1)
+    v = (torch.arange(mask.shape[1], device=mask.device, dtype=torch.float32) + 0.5) / n  # (B, L)
+    return -ALIGN_SHARPNESS * (u[None, :, None] - v[:, None, :]).square()  # (B, T, L)
+
+
 class TextCrossAttention(CrossAttention):
     """Every token of x (B, T, N, D) attends to the caption tokens; queries carry their frame index (frame_pos (T, D)),
-    so each frame can pick its own words. Returns the residual (B, T, N, D)."""
+    so each frame can pick its own words. With aligned=True a per-head learned gain times alignment_prior (given as
+    prior (B, T, L)) is added to the logits. Returns the residual (B, T, N, D)."""
 
-    def __init__(self, dim: int, context_dim: int, num_heads: int):
+    def __init__(self, dim: int, context_dim: int, num_heads: int, aligned: bool = False):
         super().__init__(dim, context_dim, num_heads)
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.align_gain = nn.Parameter(torch.ones(num_heads)) if aligned else None
 
-    def forward(self, x: torch.Tensor, frame_pos: torch.Tensor, text: torch.Tensor, mask: torch.Tensor):
+    def forward(self, x: torch.Tensor, frame_pos: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
+                prior: torch.Tensor | None = None):
         B, T, N, D = x.shape
         q = (self.norm(x) + frame_pos[:, None, :]).reshape(B, T * N, D)  # (B, T*N, D)
-        return super().forward(q, text, mask).view(B, T, N, D)
+        bias = None
+        if self.align_gain is not None:
+            bias = self.align_gain[None, :, None, None, None] * prior[:, None, :, None, :]  # (B, H, T, 1, L)
+            bias = bias.expand(-1, -1, -1, N, -1).reshape(B, self.num_heads, T * N, -1)  # (B, H, T*N, L)
+        return super().forward(q, text, mask, bias).view(B, T, N, D)
 
 
 class TextConditioner(nn.Module):

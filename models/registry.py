@@ -21,7 +21,7 @@ MODELS: dict[str, tuple[type[nn.Module], dict]] = {
 }
 # fields that change what a model computes: setting one its family ignores is an error (frame_chunk_size, a memory
 # knob of VideoDiT's per-frame passes, is simply unused by the families that process whole clips)
-DESIGN_FIELDS = ("temporal_attention", "cross_attention")
+DESIGN_FIELDS = ("temporal_attention", "cross_attention", "text_alignment")
 INIT_FIELDS = ("pretrained", "vit_init")  # weights a family can start from (a TinyDiT file, a Hugging Face ViT)
 
 
@@ -62,7 +62,8 @@ def build_video_model(cfg: Config, text_dim: int) -> nn.Module:
     """The model a Config describes (cfg.model and cfg.data.image_size), randomly initialised."""
     m = cfg.model
     options = dict(temporal_attention=m.temporal_attention, cross_attention=m.cross_attention,
-                   frame_chunk_size=m.frame_chunk_size, grad_checkpointing=m.grad_checkpointing)
+                   text_alignment=m.text_alignment, frame_chunk_size=m.frame_chunk_size,
+                   grad_checkpointing=m.grad_checkpointing)
     family, _ = MODELS[m.arch]
     return build_model(m.arch, cfg.data.image_size, text_dim, **{k: options[k] for k in family.OPTIONS})
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.blocks import (Attention, CrossAttention, TemporalAttention, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, maybe_checkpoint, sincos_1d, xavier_linears, zero_module)
+                           TimestepEmbedder, alignment_prior, maybe_checkpoint, sincos_1d, xavier_linears, zero_module)
 
 # channels per level (each level halves the resolution), residual blocks per level, the levels (0 = the stem's
 # resolution) that get attention, attention heads, pixel-unshuffle factor of the stem
@@ -59,14 +59,14 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Spatial self-attention within each frame, attention across frames, cross-attention to the caption."""
 
-    def __init__(self, channels: int, text_dim: int, num_heads: int, temporal: bool, cross: bool):
+    def __init__(self, channels: int, text_dim: int, num_heads: int, temporal: bool, cross: bool, aligned: bool):
         super().__init__()
         self.norm = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(channels, num_heads)
         self.temporal_attn = TemporalAttention(channels, num_heads) if temporal else None
-        self.cross_attn = TextCrossAttention(channels, text_dim, num_heads) if cross else None
+        self.cross_attn = TextCrossAttention(channels, text_dim, num_heads, aligned) if cross else None
 
-    def forward(self, x, frame_pos, text, text_mask):
+    def forward(self, x, frame_pos, text, text_mask, prior):
         """x (B*T, C, H, W); frame_pos (T, C)."""
         BT, C, H, W = x.shape
         T = frame_pos.shape[0]
@@ -75,14 +75,14 @@ class AttnBlock(nn.Module):
         if self.temporal_attn is not None:
             h = h + self.temporal_attn(h, frame_pos)
         if self.cross_attn is not None:
-            h = h + self.cross_attn(h, frame_pos, text, text_mask)
+            h = h + self.cross_attn(h, frame_pos, text, text_mask, prior)
         return h.transpose(2, 3).reshape(BT, C, H, W)  # (B*T, C, H, W)
 
 
 class UNet3D(nn.Module):
     """Denoiser for clips (B, C, T, H, W): a factorised space-time U-Net conditioned on timestep and caption."""
 
-    OPTIONS = ("temporal_attention", "cross_attention", "grad_checkpointing")
+    OPTIONS = ("temporal_attention", "cross_attention", "text_alignment", "grad_checkpointing")
     GRAD_PROBES = {"input conv": "conv_in.weight", "text projection": "text_embedder.proj.0.weight",
                    "output conv": "conv_out.weight"}
 
@@ -93,18 +93,20 @@ class UNet3D(nn.Module):
 
     def __init__(self, image_size: int, text_dim: int, channels: tuple[int, ...], num_blocks: int,
                  attn_levels: tuple[int, ...], num_heads: int, unshuffle: int, in_channels: int = 3,
-                 temporal_attention: bool = True, cross_attention: bool = True, grad_checkpointing: bool = False):
+                 temporal_attention: bool = True, cross_attention: bool = True, text_alignment: bool = False,
+                 grad_checkpointing: bool = False):
         super().__init__()
         assert image_size % self.multiples(dict(channels=channels, unshuffle=unshuffle))[1] == 0
         self.in_channels = self.out_channels = in_channels
-        self.unshuffle, self.grad_checkpointing = unshuffle, grad_checkpointing
+        self.unshuffle, self.grad_checkpointing, self.text_alignment = unshuffle, grad_checkpointing, text_alignment
         cond_dim = 4 * channels[0]
         self.t_embedder = TimestepEmbedder(cond_dim)
         self.text_embedder = TextConditioner(text_dim, cond_dim)
         self.conv_in = nn.Conv2d(in_channels * unshuffle ** 2, channels[0], 3, padding=1)
 
         def attn(ch, level):
-            return AttnBlock(ch, text_dim, num_heads, temporal_attention, cross_attention) if level in attn_levels \
+            return AttnBlock(ch, text_dim, num_heads, temporal_attention, cross_attention, text_alignment) \
+                if level in attn_levels \
                 else None
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         ch, skips = channels[0], []
@@ -142,14 +144,14 @@ class UNet3D(nn.Module):
                 zero_module(m.proj)
         zero_module(self.conv_out)
 
-    def level(self, blocks, h, c, T, text, text_mask):
+    def level(self, blocks, h, c, T, text, text_mask, prior):
         """A ResBlock and its optional attention, each checkpointed when grad checkpointing is on."""
         res, attn = blocks
         h = maybe_checkpoint(self.use_checkpoint, res, h, c, T)
         if attn is None:
             return h
         frame_pos = sincos_1d(torch.arange(T, device=h.device), h.shape[1]).to(h.dtype)  # (T, C)
-        return maybe_checkpoint(self.use_checkpoint, attn, h, frame_pos, text, text_mask)
+        return maybe_checkpoint(self.use_checkpoint, attn, h, frame_pos, text, text_mask, prior)
 
     def forward(self, x, t, text_tokens, text_mask, pooled, drop=None):
         """x (B, C, T, H, W); t (B,); text_tokens (B, L, E); text_mask (B, L); pooled (B, E); drop (B,) bool."""
@@ -159,7 +161,8 @@ class UNet3D(nn.Module):
         self.use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         h = F.pixel_unshuffle(x.transpose(1, 2).reshape(B * T, C, H, W), self.unshuffle)  # (B*T, C*u*u, H/u, W/u)
         h = self.conv_in(h)  # (B*T, C0, H/u, W/u)
-        args = (T, text_tokens, text_mask)
+        prior = alignment_prior(T, text_mask) if self.text_alignment else None  # (B, T, L)
+        args = (T, text_tokens, text_mask, prior)
         skips = []
         for block in self.down:
             if isinstance(block, nn.Conv2d):

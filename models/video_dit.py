@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from models.blocks import (DiTBlock, FinalLayer, PatchEmbed, TemporalAttention, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, maybe_checkpoint, sincos_1d, sincos_2d, xavier_linears)
+                           TimestepEmbedder, alignment_prior, maybe_checkpoint, sincos_1d, sincos_2d, xavier_linears)
 
 # Named sizes, like DiT's DiT_models; TinyDiT-D14/2 is TinyFusion's pruned 14-block DiT-XL/2.
 DiT_models: dict[str, dict[str, int]] = {
@@ -28,10 +28,10 @@ class VideoDiTBlock(DiTBlock):
     """DiT block (spatial, per frame) + temporal attention across frames + cross-attention to text tokens."""
 
     def __init__(self, hidden_size: int, num_heads: int, text_dim: int, temporal: bool, cross: bool,
-                 mlp_ratio: float = 4.0):
+                 aligned: bool = False, mlp_ratio: float = 4.0):
         super().__init__(hidden_size, num_heads, mlp_ratio)
         self.temporal_attn = TemporalAttention(hidden_size, num_heads) if temporal else None
-        self.cross_attn = TextCrossAttention(hidden_size, text_dim, num_heads) if cross else None
+        self.cross_attn = TextCrossAttention(hidden_size, text_dim, num_heads, aligned) if cross else None
 
     def spatial(self, x, mod):
         """Per-frame self-attention: x (B, Tc, N, D)."""
@@ -43,28 +43,28 @@ class VideoDiTBlock(DiTBlock):
         """Each spatial position attends over all frames: x (B, T, N, D), frame_pos (T, D)."""
         return x + self.temporal_attn(x, frame_pos)
 
-    def cross_and_mlp(self, x, mod, frame_pos, text, text_mask):
+    def cross_and_mlp(self, x, mod, frame_pos, text, text_mask, prior):
         """Cross-attention to the caption (queries know their frame index), then the adaLN MLP: x (B, Tc, N, D)."""
         B, Tc, N, D = x.shape
         if self.cross_attn is not None:
-            x = x + self.cross_attn(x, frame_pos, text, text_mask)
+            x = x + self.cross_attn(x, frame_pos, text, text_mask, prior)
         return self.mlp_branch(x.reshape(B, Tc * N, D), mod).view(B, Tc, N, D)
 
-    def forward(self, x, c, frame_pos, text, text_mask, chunk: int, use_checkpoint: bool):
+    def forward(self, x, c, frame_pos, text, text_mask, prior, chunk: int, use_checkpoint: bool):
         mod = self.modulation(c)
         run = lambda f, *a: maybe_checkpoint(use_checkpoint, f, *a)  # noqa: E731
         T = x.shape[1]
         x = torch.cat([run(self.spatial, x[:, i:i + chunk], mod) for i in range(0, T, chunk)], dim=1)
         if self.temporal_attn is not None:
             x = run(self.temporal, x, frame_pos)
-        return torch.cat([run(self.cross_and_mlp, x[:, i:i + chunk], mod, frame_pos[i:i + chunk], text, text_mask)
-                          for i in range(0, T, chunk)], dim=1)
+        return torch.cat([run(self.cross_and_mlp, x[:, i:i + chunk], mod, frame_pos[i:i + chunk], text, text_mask,
+                              None if prior is None else prior[:, i:i + chunk]) for i in range(0, T, chunk)], dim=1)
 
 
 class VideoDiT(nn.Module):
     """Denoiser for clips (B, C, T, H, W) conditioned on a diffusion timestep and a caption embedding."""
 
-    OPTIONS = ("temporal_attention", "cross_attention", "frame_chunk_size", "grad_checkpointing")
+    OPTIONS = ("temporal_attention", "cross_attention", "text_alignment", "frame_chunk_size", "grad_checkpointing")
     INIT_FIELD = "pretrained"
     GRAD_PROBES = {"patch embedding": "x_embedder.proj.weight", "text projection": "text_embedder.proj.0.weight",
                    "final layer": "final_layer.linear.weight"}
@@ -76,21 +76,23 @@ class VideoDiT(nn.Module):
 
     def __init__(self, image_size: int, text_dim: int, depth: int, hidden_size: int, patch_size: int,
                  num_heads: int, in_channels: int = 3, mlp_ratio: float = 4.0, temporal_attention: bool = True,
-                 cross_attention: bool = True, frame_chunk_size: int = 4, grad_checkpointing: bool = False):
+                 cross_attention: bool = True, text_alignment: bool = False, frame_chunk_size: int = 4,
+                 grad_checkpointing: bool = False):
         super().__init__()
         assert image_size % patch_size == 0, "image size must be a multiple of the patch size"
         self.in_channels = self.out_channels = in_channels
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.frame_chunk_size = frame_chunk_size
-        self.grad_checkpointing = grad_checkpointing
+        self.grad_checkpointing, self.text_alignment = grad_checkpointing, text_alignment
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.text_embedder = TextConditioner(text_dim, hidden_size)
         # Fixed (not learned) sin-cos grid, recomputed for this resolution rather than stored in checkpoints.
         self.register_buffer("pos_embed", sincos_2d(hidden_size, self.grid).unsqueeze(0), persistent=False)
         self.blocks = nn.ModuleList([
-            VideoDiTBlock(hidden_size, num_heads, text_dim, temporal_attention, cross_attention, mlp_ratio)
+            VideoDiTBlock(hidden_size, num_heads, text_dim, temporal_attention, cross_attention, text_alignment,
+                          mlp_ratio)
             for _ in range(depth)
         ])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
@@ -133,9 +135,10 @@ class VideoDiT(nn.Module):
         h = h.view(B, T, h.shape[1], h.shape[2])  # (B, T, N, D)
         c = self.t_embedder(t) + self.text_embedder.proj(pooled)  # (B, D)
         frame_pos = sincos_1d(torch.arange(T, device=x.device), h.shape[-1]).to(h.dtype)  # (T, D)
+        prior = alignment_prior(T, text_mask) if self.text_alignment else None  # (B, T, L)
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, c, frame_pos, text_tokens, text_mask, self.frame_chunk_size, use_ckpt)
+            h = block(h, c, frame_pos, text_tokens, text_mask, prior, self.frame_chunk_size, use_ckpt)
         out = self.final_layer(h.reshape(B, -1, h.shape[-1]), c)  # (B, T*N, p*p*C)
         out = self.unpatchify(out.reshape(B * T, -1, out.shape[-1]))  # (B*T, C, H, W)
         return out.view(B, T, C, H, W).permute(0, 2, 1, 3, 4)  # (B, C, T, H, W)

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from models.blocks import (Attention, DiTBlock, FinalLayer, Mlp, PatchEmbed, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, maybe_checkpoint, modulate, sincos_1d, sincos_2d, xavier_linears,
-                           zero_module)
+                           TimestepEmbedder, alignment_prior, maybe_checkpoint, modulate, sincos_1d, sincos_2d,
+                           xavier_linears, zero_module)
 
 # spatial (per-frame ViT) and temporal depths; ViViT-B/16 and -S/8 have the shapes of ViT-B/16
 # (google/vit-base-patch16-224-in21k) and DINO ViT-S/8 (facebook/dino-vits8), so either can initialise them
@@ -31,16 +31,16 @@ VIT_LN_EPS = 1e-12  # ViT's LayerNorm epsilon: a loaded ViT computes exactly wha
 class SpatialBlock(nn.Module):
     """ViT block on each frame (attention, MLP), FiLM-modulated by the condition, with cross-attention to the text."""
 
-    def __init__(self, hidden_size: int, num_heads: int, text_dim: int, cross: bool):
+    def __init__(self, hidden_size: int, num_heads: int, text_dim: int, cross: bool, aligned: bool):
         super().__init__()
         self.layernorm_before = nn.LayerNorm(hidden_size, eps=VIT_LN_EPS)
         self.attn = Attention(hidden_size, num_heads)
         self.layernorm_after = nn.LayerNorm(hidden_size, eps=VIT_LN_EPS)
         self.mlp = Mlp(hidden_size, 4 * hidden_size, gelu="none")
         self.film = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 4 * hidden_size))
-        self.cross_attn = TextCrossAttention(hidden_size, text_dim, num_heads) if cross else None
+        self.cross_attn = TextCrossAttention(hidden_size, text_dim, num_heads, aligned) if cross else None
 
-    def forward(self, x, c, frame_pos, text, text_mask):
+    def forward(self, x, c, frame_pos, text, text_mask, prior):
         """x (B, T, N, D); c (B, D); frame_pos (T, D)."""
         B, T, N, D = x.shape
         shift1, scale1, shift2, scale2 = self.film(c).repeat_interleave(T, dim=0).chunk(4, dim=1)  # (B*T, D) each
@@ -48,7 +48,7 @@ class SpatialBlock(nn.Module):
         h = h + self.attn(modulate(self.layernorm_before(h), shift1, scale1))
         h = h.view(B, T, N, D)
         if self.cross_attn is not None:
-            h = h + self.cross_attn(h, frame_pos, text, text_mask)
+            h = h + self.cross_attn(h, frame_pos, text, text_mask, prior)
         h = h.reshape(B * T, N, D)
         h = h + self.mlp(modulate(self.layernorm_after(h), shift2, scale2))
         return h.view(B, T, N, D)
@@ -57,25 +57,25 @@ class SpatialBlock(nn.Module):
 class TemporalBlock(DiTBlock):
     """adaLN-Zero DiT block over the frames at each token position, then cross-attention to the text."""
 
-    def __init__(self, hidden_size: int, num_heads: int, text_dim: int, cross: bool):
+    def __init__(self, hidden_size: int, num_heads: int, text_dim: int, cross: bool, aligned: bool):
         super().__init__(hidden_size, num_heads)
-        self.cross_attn = TextCrossAttention(hidden_size, text_dim, num_heads) if cross else None
+        self.cross_attn = TextCrossAttention(hidden_size, text_dim, num_heads, aligned) if cross else None
 
-    def forward(self, x, c, frame_pos, text, text_mask):
+    def forward(self, x, c, frame_pos, text, text_mask, prior):
         """x (B, T, N, D); c (B, D); frame_pos (T, D)."""
         B, T, N, D = x.shape
         h = x.permute(0, 2, 1, 3).reshape(B * N, T, D)  # (B*N, T, D)
         h = super().forward(h, c.repeat_interleave(N, dim=0))  # (B*N, T, D)
         x = h.view(B, N, T, D).permute(0, 2, 1, 3)  # (B, T, N, D)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(x, frame_pos, text, text_mask)
+            x = x + self.cross_attn(x, frame_pos, text, text_mask, prior)
         return x
 
 
 class ViViT(nn.Module):
     """Denoiser for clips (B, C, T, H, W): per-frame ViT encoder, temporal transformer, pixel decoder."""
 
-    OPTIONS = ("cross_attention", "grad_checkpointing")
+    OPTIONS = ("cross_attention", "text_alignment", "grad_checkpointing")
     INIT_FIELD = "vit_init"
     GRAD_PROBES = {"patch embedding": "x_embedder.proj.weight", "text projection": "text_embedder.proj.0.weight",
                    "final layer": "final_layer.linear.weight"}
@@ -87,20 +87,20 @@ class ViViT(nn.Module):
 
     def __init__(self, image_size: int, text_dim: int, spatial_depth: int, temporal_depth: int, hidden_size: int,
                  num_heads: int, patch_size: int, in_channels: int = 3, cross_attention: bool = True,
-                 grad_checkpointing: bool = False):
+                 text_alignment: bool = False, grad_checkpointing: bool = False):
         super().__init__()
         assert image_size % patch_size == 0, "image size must be a multiple of the patch size"
         self.in_channels = self.out_channels = in_channels
         self.patch_size, self.grid = patch_size, image_size // patch_size
-        self.num_heads, self.grad_checkpointing = num_heads, grad_checkpointing
+        self.num_heads, self.grad_checkpointing, self.text_alignment = num_heads, grad_checkpointing, text_alignment
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid ** 2, hidden_size))  # learned, as in ViT
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.text_embedder = TextConditioner(text_dim, hidden_size)
-        self.spatial_blocks = nn.ModuleList([SpatialBlock(hidden_size, num_heads, text_dim, cross_attention)
+        self.spatial_blocks = nn.ModuleList([SpatialBlock(hidden_size, num_heads, text_dim, cross_attention, text_alignment)
                                              for _ in range(spatial_depth)])
-        self.temporal_blocks = nn.ModuleList([TemporalBlock(hidden_size, num_heads, text_dim, cross_attention)
+        self.temporal_blocks = nn.ModuleList([TemporalBlock(hidden_size, num_heads, text_dim, cross_attention, text_alignment)
                                               for _ in range(temporal_depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
@@ -141,12 +141,13 @@ class ViViT(nn.Module):
         h = h.view(B, T, h.shape[1], h.shape[2])  # (B, T, 1+N, D)
         c = self.t_embedder(t) + self.text_embedder.proj(pooled)  # (B, D)
         frame_pos = sincos_1d(torch.arange(T, device=x.device), h.shape[-1]).to(h.dtype)  # (T, D)
+        prior = alignment_prior(T, text_mask) if self.text_alignment else None  # (B, T, L)
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.spatial_blocks:
-            h = maybe_checkpoint(use_ckpt, block, h, c, frame_pos, text_tokens, text_mask)  # (B, T, 1+N, D)
+            h = maybe_checkpoint(use_ckpt, block, h, c, frame_pos, text_tokens, text_mask, prior)  # (B, T, 1+N, D)
         h = h + frame_pos[None, :, None, :]  # the temporal layers know each frame's index
         for block in self.temporal_blocks:
-            h = maybe_checkpoint(use_ckpt, block, h, c, frame_pos, text_tokens, text_mask)  # (B, T, 1+N, D)
+            h = maybe_checkpoint(use_ckpt, block, h, c, frame_pos, text_tokens, text_mask, prior)  # (B, T, 1+N, D)
         h = self.final_layer(h[:, :, 1:].reshape(B, -1, h.shape[-1]), c)  # (B, T*N, p*p*C), class token dropped
         p, g = self.patch_size, self.grid
         h = h.reshape(B, T, g, g, p, p, C)

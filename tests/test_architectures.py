@@ -154,7 +154,7 @@ def test_vivit_starts_from_a_hugging_face_vit_exactly(tmp_path):
         c = model.t_embedder(t) + model.text_embedder.proj(pooled)
         pos = torch.zeros(4, 32)
         for block in model.spatial_blocks:
-            h = block(h, c, pos, tokens, mask)
+            h = block(h, c, pos, tokens, mask, None)
     torch.testing.assert_close(h.reshape(8, 17, 32), theirs, rtol=1e-5, atol=1e-5)
 
     vit_b = ViTModel(ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=192,
@@ -277,3 +277,47 @@ def test_named_sizes_are_pinned():
             counts[arch] = sum(p.numel() for p in build_model(arch, 32, 384).parameters())
     assert counts == {"UNet3D-Demo": 3370700, "ViT3D-Demo/2x4": 1777760, "DiT3D-Demo/2x4": 1887456,
                       "ViViT-Demo/4": 2610352}
+
+
+def test_alignment_prior_numbers_and_effect():
+    from models.blocks import TextCrossAttention, alignment_prior
+
+    mask = torch.tensor([[True, True, False]])
+    prior = alignment_prior(4, mask)  # u = 1/8, 3/8, 5/8, 7/8; v = 1/4, 3/4 (2 real tokens)
+    assert prior.shape == (1, 4, 3)
+    assert prior[0, 0, 0].item() == pytest.approx(-18 * (1 / 8 - 1 / 4) ** 2)
+    assert prior[0, 3, 1].item() == pytest.approx(-18 * (7 / 8 - 3 / 4) ** 2)
+    # a content-free cross-attention (zero queries and keys) whose values are the token index one-hots: each
+    # frame's output is its attention over the tokens, which the prior alone decides
+    attn = TextCrossAttention(4, 3, 1, aligned=True)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.zero_()
+        attn.align_gain.fill_(1.0)
+        attn.kv.weight[4:7, :3] = torch.eye(3)
+        attn.proj.weight[:3, :3] = torch.eye(3)
+        out = attn(torch.randn(1, 4, 2, 4), torch.zeros(4, 4), torch.eye(3)[None], mask, prior)  # (1, T, N, 4)
+    weights = out[0, :, 0, :3]  # (T, tokens)
+    assert weights.argmax(dim=1).tolist() == [0, 0, 1, 1]
+    assert torch.all(weights[:, 2] == 0)  # the padded token is never read
+    expected = torch.softmax(prior[0, :, :2], dim=1)
+    torch.testing.assert_close(weights[:, :2], expected)
+
+
+@pytest.mark.parametrize("arch", ["DiT-Test/4", "UNet3D-Test", "ViViT-Test/4"])
+def test_text_alignment_option(arch):
+    torch.manual_seed(0)
+    plain = build_model(arch, 16, TEXT_DIM)
+    torch.manual_seed(0)
+    aligned = build_model(arch, 16, TEXT_DIM, text_alignment=True)
+    gains = [n for n, _ in aligned.named_parameters() if n.endswith("align_gain")]
+    assert gains and set(aligned.state_dict()) - set(plain.state_dict()) == set(gains)
+    aligned.load_state_dict(randomized(arch).state_dict(), strict=False)
+    x, t, tokens, mask, pooled = inputs()
+    with torch.no_grad():
+        a = aligned(x, t, tokens, mask, pooled)
+        for n, p in aligned.named_parameters():
+            if n.endswith("align_gain"):
+                p.zero_()  # gain 0: exactly the unaligned model
+        torch.testing.assert_close(aligned(x, t, tokens, mask, pooled), randomized(arch)(x, t, tokens, mask, pooled))
+    assert (a - aligned(x, t, tokens, mask, pooled)).abs().max() > 1e-4

@@ -1,0 +1,163 @@
+"""The architecture race: each run trains on the demo data for the same wall-clock budget, one at a time, then is
+evaluated with the README's protocol, as one table.
+
+    python main.py train-evaluator --set train.exp_name=race        # once: checkpoints/race/evaluator.pt
+    python benchmarks/race.py --run dit model.arch=DiT-Demo/4 --run unet model.arch=UNet3D-Demo \
+        [--budget 600] [--guidance 5] [--seeds 0 1 2] [--num_samples 4] [--out_dir generated_samples/race]
+
+For each --run NAME FIELD=VALUE... (demo preset + those overrides, experiment race_NAME):
+1. probe: a separate process times 20 training steps after 3 warm-up steps (steps/s of the real trainer);
+2. train: `main.py train` with train.max_steps = steps/s x (budget - the probe's start-up time) x 0.93, so the
+   cosine schedule ends inside the budget; still running at the budget it gets Ctrl-C and is marked "stopped";
+3. evaluate: `evaluate` of final.pt on seen captions (--split train, 32 captions) and the held-out combinations, N
+   samples per caption, for each caption draw (--seeds), at one guidance scale.
+Prints one row per run: parameters, steps, steps/s, training minutes, peak resident memory of the training process,
+and the means over the caption draws of R@1 (ratio to real), R@5, Frechet, SSIM, PSNR and frame change. The JSONs,
+GIF grids and logs go to --out_dir; results.json holds every number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PROBE = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from methods.configure import load_config
+from methods.trainer import Trainer
+cfg = load_config("demo", {overrides!r})
+trainer = Trainer(cfg, quiet=True)
+start = time.perf_counter() - {t0!r}
+trainer.train(stop_at=3)
+t0 = time.perf_counter()
+trainer.train(stop_at=23)
+rate = 20 / (time.perf_counter() - t0)
+print(json.dumps(dict(rate=rate, startup=start, params=sum(p.numel() for p in trainer.model.parameters()))))
+"""
+
+
+def overrides_for(name: str, fields: list[str], out_dir: str) -> list[str]:
+    return [f"train.exp_name=race_{name}", "train.tensorboard=true", *fields]
+
+
+def run_child(cmd: list[str], log_path: str, deadline: float | None = None) -> tuple[int, float, float]:
+    """(exit code, seconds, peak resident MB) of a child process; Ctrl-C at deadline seconds."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    stopped = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            return os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024
+        if deadline and not stopped and time.perf_counter() - t0 > deadline:
+            proc.send_signal(signal.SIGINT)  # the trainer saves latest.pt at the next step boundary
+            stopped = True
+        time.sleep(0.5)
+
+
+def probe(name: str, fields: list[str], out_dir: str) -> dict:
+    tmp = os.path.join(out_dir, f"{name}_probe")
+    fields = overrides_for(name, fields, out_dir) + [
+        f"train.checkpoint_dir={tmp}/ck", f"train.log_dir={tmp}/logs", f"train.sample_dir={tmp}/s",
+        "train.sample_every=0", "train.tensorboard=false", "train.max_steps=100000"]
+    code = PROBE.format(root=ROOT, overrides=fields, t0=time.perf_counter())
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{name}: probe failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def evaluate_run(ckpt: str, args, name: str) -> dict:
+    from methods.evaluation.evaluate import evaluate
+
+    reports = []
+    for seed in args.seeds:
+        reports.append(evaluate(ckpt, split="train", num_captions=32, sampling={"guidance": args.guidance},
+                                evaluator=args.evaluator, seed=seed, num_samples=args.num_samples, progress=False,
+                                out=os.path.join(args.out_dir, name, f"seed{seed}_train.json")))
+    means = {}
+    for group in reports[0]["groups"]:
+        gs = [r["groups"][group] for r in reports]
+        means[group] = {k: sum(g[k] for g in gs) / len(gs) for k in (
+            "generated_r1", "real_r1", "generated_r5", "frechet_distance", "ssim", "psnr",
+            "temporal_change_generated", "temporal_change_real")}
+        means[group]["per_seed_r1"] = [g["generated_r1"] for g in gs]
+    return means
+
+
+def row(name: str, r: dict) -> str:
+    def cell(group):
+        g = r["eval"].get(group)
+        if g is None:
+            return "- | - | -"
+        return (f"{g['generated_r1']:.2f} ({g['generated_r1'] / g['real_r1']:.2f}) | {g['generated_r5']:.2f} | "
+                f"{g['frechet_distance']:.2f}")
+    seen = r["eval"]["train"]
+    return (f"| {name} | {r['arch']} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['rate']:.2f} | "
+            f"{r['train_s'] / 60:.1f}{' (stopped)' if r['stopped'] else ''} | {r['peak_mb']:.0f} | {cell('train')} | "
+            f"{cell('heldout')} | {seen['ssim']:.2f} | {seen['psnr']:.1f} | "
+            f"{seen['temporal_change_generated']:.1f} / {seen['temporal_change_real']:.1f} |")
+
+
+HEADER = ("| run | arch | params | steps | steps/s | train min | peak MB | seen R@1 (ratio) | seen R@5 | seen Frechet | "
+          "held-out R@1 (ratio) | held-out R@5 | held-out Frechet | SSIM | PSNR | frame change gen / real |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", nargs="+", action="append", required=True, metavar=("NAME", "FIELD=VALUE"))
+    p.add_argument("--budget", type=float, default=600, help="wall-clock seconds of each training process")
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="caption draws (evaluate --seed)")
+    p.add_argument("--num_samples", type=int, default=4)
+    p.add_argument("--evaluator", default=os.path.join(ROOT, "checkpoints", "race", "evaluator.pt"))
+    p.add_argument("--out_dir", default=os.path.join(ROOT, "generated_samples", "race"))
+    args = p.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+    if not os.path.isfile(args.evaluator):
+        print(f"error: no evaluator at {args.evaluator}: run python main.py train-evaluator "
+              f"--set train.exp_name=race first", file=sys.stderr)
+        return 2
+    results_path = os.path.join(args.out_dir, "results.json")
+    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    for name, *fields in args.run:
+        pr = probe(name, fields, args.out_dir)
+        # 7% of the training time is left for the trainer's sample GIFs and checkpoints, which the probe skips
+        steps = int(pr["rate"] * (args.budget - pr["startup"]) * 0.93)
+        cmd = [sys.executable, os.path.join(ROOT, "main.py"), "train", "--preset", "demo"]
+        for o in overrides_for(name, fields, args.out_dir) + [f"train.max_steps={steps}"]:
+            cmd += ["--set", o]
+        rc, seconds, peak = run_child(cmd, os.path.join(args.out_dir, f"{name}.log"), deadline=args.budget)
+        exp = os.path.join(ROOT, "checkpoints", f"race_{name}")
+        ckpt = os.path.join(exp, "final.pt" if rc == 0 else "latest.pt")
+        if not os.path.isfile(ckpt):
+            print(f"{name}: training failed (exit {rc}), see {args.out_dir}/{name}.log", file=sys.stderr)
+            continue
+        import torch
+
+        step = torch.load(ckpt, map_location="cpu", weights_only=True)["step"]
+        arch = next((f.split("=", 1)[1] for f in fields if f.startswith("model.arch=")), "DiT-Demo/4")
+        results[name] = dict(fields=fields, arch=arch, params=pr["params"], rate=pr["rate"], steps=step,
+                             train_s=seconds, stopped=rc != 0, peak_mb=peak, checkpoint=ckpt,
+                             eval=evaluate_run(ckpt, args, name))
+        with open(results_path, "w") as f:
+            json.dump(results, f, indent=1)
+        print(HEADER if name == args.run[0][0] else "", row(name, results[name]), sep="\n", flush=True)
+    print("\nall runs so far:\n" + HEADER)
+    for name, r in results.items():
+        print(row(name, r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
