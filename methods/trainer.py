@@ -169,7 +169,7 @@ class Trainer:
         """Run to total_steps holding the experiment's lock; its output folders are checked before step 1."""
         check_output_dirs(output_dirs(self.cfg, self.exp_dir, self.sample_dir))
         with ExperimentLock(self.exp_dir):
-            if not self.resumed:
+            if not self.resumed and self.step == 0:  # a trainer that has run continues its own checkpoints
                 refuse_to_overwrite(self.exp_dir)
             remove_stale_temp_files(self.exp_dir)
             return self.run(stop_at)

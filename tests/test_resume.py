@@ -52,3 +52,13 @@ def test_checkpoint_is_weights_only_and_has_no_text_encoder(tiny_config):
 def test_stop_request_on_the_last_step_is_a_normal_finish(tiny_config):
     trainer, losses = train_through(tiny_config(**{"train.max_steps": 3}), stop_at=3)
     assert trainer.step == 3 and len(losses) == 3 and not trainer.interrupted
+
+
+def test_a_trainer_continues_its_own_run(tiny_config):
+    """Stopping and calling train() again (benchmarks do) continues the same run; only a fresh trainer is refused."""
+    trainer, first = train_through(tiny_config(**{"train.max_steps": 4}), stop_at=2)
+    assert trainer.step == 2
+    second = trainer.train(stop_at=4)
+    assert trainer.step == 4 and len(first) == len(second) == 2
+    with pytest.raises(Exception, match="already holds a run"):
+        Trainer(tiny_config(**{"train.max_steps": 4}), quiet=True).train()
