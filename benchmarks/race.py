@@ -82,9 +82,10 @@ def evaluate_seed(ckpt: str, args, name: str, seed: int) -> dict:
     """One caption draw: evaluate's groups (train = seen captions, heldout = unseen combinations), trimmed."""
     from methods.evaluation.evaluate import evaluate
 
-    report = evaluate(ckpt, split="train", num_captions=32, sampling={"guidance": args.guidance},
+    report = evaluate(ckpt, split="train", num_captions=32, sampling={"guidance": args.guidance,
+                                                                      "steps": args.sample_steps},
                       evaluator=args.evaluator, seed=seed, num_samples=args.num_samples, progress=False,
-                      out=os.path.join(args.out_dir, name, f"seed{seed}_train.json"))
+                      out=os.path.join(args.out_dir, name, f"seed{seed}_{protocol(args)}_train.json"))
     return {group: {k: g[k] for k in METRICS} for group, g in report["groups"].items()}
 
 
@@ -92,8 +93,13 @@ METRICS = ("generated_r1", "generated_r1_se", "real_r1", "generated_r5", "freche
            "temporal_change_generated", "temporal_change_real")
 
 
-def means(r: dict, group: str) -> dict | None:
-    draws = [e[group] for e in r.get("evals", {}).values() if group in e]
+def protocol(args) -> str:
+    """The sampling protocol an evaluation used: draws are averaged only within one protocol."""
+    return f"g{args.guidance:g}_s{args.sample_steps or 'cfg'}_n{args.num_samples}"
+
+
+def means(r: dict, group: str, proto: str) -> dict | None:
+    draws = [e[group] for key, e in r.get("evals", {}).items() if key.split("@")[1] == proto and group in e]
     if not draws:
         return None
     out = {k: sum(d[k] for d in draws) / len(draws) for k in METRICS}
@@ -101,8 +107,8 @@ def means(r: dict, group: str) -> dict | None:
     return out
 
 
-def row(name: str, r: dict) -> str:
-    seen, held = means(r, "train"), means(r, "heldout")
+def row(name: str, r: dict, proto: str) -> str:
+    seen, held = means(r, "train", proto), means(r, "heldout", proto)
 
     def cell(g):
         if g is None:
@@ -111,8 +117,9 @@ def row(name: str, r: dict) -> str:
                 f"{g['frechet_distance']:.2f}")
     quality = (f"{seen['ssim']:.2f} | {seen['psnr']:.1f} | {seen['temporal_change_generated']:.1f} / "
                f"{seen['temporal_change_real']:.1f} | {seen['draws']}") if seen else "- | - | - | 0"
+    peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] else "-"  # not measured for runs recorded from their logs
     return (f"| {name} | {r['arch']} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['rate']:.2f} | "
-            f"{r['train_s'] / 60:.1f}{' (stopped)' if r['stopped'] else ''} | {r['peak_mb']:.0f} | {cell(seen)} | "
+            f"{r['train_s'] / 60:.1f}{' (stopped)' if r['stopped'] else ''} | {peak} | {cell(seen)} | "
             f"{cell(held)} | {quality} |")
 
 
@@ -153,6 +160,7 @@ def main() -> int:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="caption draws (evaluate --seed)")
     p.add_argument("--num_samples", type=int, default=4)
+    p.add_argument("--sample_steps", type=int, default=None, help="DDIM steps (default: the checkpoint's, 50)")
     p.add_argument("--evaluator", default=os.path.join(ROOT, "checkpoints", "race", "evaluator.pt"))
     p.add_argument("--out_dir", default=os.path.join(ROOT, "generated_samples", "race"))
     args = p.parse_args()
@@ -181,13 +189,14 @@ def main() -> int:
         names = [run[0] for run in args.run] or list(results)
         for seed in args.seeds:  # draw by draw, so every run has its first draw before any has its third
             for name in names:
-                if name in results and str(seed) not in results[name]["evals"]:
-                    results[name]["evals"][str(seed)] = evaluate_seed(results[name]["checkpoint"], args, name, seed)
+                key = f"{seed}@{protocol(args)}"
+                if name in results and key not in results[name]["evals"]:
+                    results[name]["evals"][key] = evaluate_seed(results[name]["checkpoint"], args, name, seed)
                     save()
-                    print(row(name, results[name]), flush=True)
-    print("\n" + HEADER)
+                    print(row(name, results[name], protocol(args)), flush=True)
+    print(f"\nprotocol {protocol(args)} (guidance, DDIM steps, samples per caption)\n" + HEADER)
     for name, r in results.items():
-        print(row(name, r))
+        print(row(name, r, protocol(args)))
     return 0
 
 
