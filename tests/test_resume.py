@@ -57,8 +57,9 @@ def test_stop_request_on_the_last_step_is_a_normal_finish(tiny_config):
 def test_a_trainer_continues_its_own_run(tiny_config):
     """Stopping and calling train() again (benchmarks do) continues the same run; only a fresh trainer is refused."""
     trainer, first = train_through(tiny_config(**{"train.max_steps": 4}), stop_at=2)
-    assert trainer.step == 2
+    first = list(first)  # train() returns the run's loss list, which the second call extends
+    assert trainer.step == 2 and len(first) == 2
     second = trainer.train(stop_at=4)
-    assert trainer.step == 4 and len(first) == len(second) == 2
+    assert trainer.step == 4 and len(second) == 4 and second[:2] == first  # the losses of the whole run
     with pytest.raises(Exception, match="already holds a run"):
         Trainer(tiny_config(**{"train.max_steps": 4}), quiet=True).train()
