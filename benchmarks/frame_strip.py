@@ -4,7 +4,7 @@
         [--text hello --text "thank you" --text "yes no please"] [--samples 2] [--guidance G] [--steps S] [--seed 0]
 
 For each caption: one row of the first real clip in the checkpoint's data folder (or its heldout/ subfolder) with
-exactly that caption, then --samples rows of generated clips (EMA weights; sample j draws its noise from
+exactly that caption (for synthetic-vocabulary captions without one, the synthetic signer's render), then --samples rows of generated clips (EMA weights; sample j draws its noise from
 (--seed, caption, j) like `sample`), every frame left to right, scaled up 3x with nearest-neighbour so the hands'
 pixels stay visible. A caption without a real clip gets a grey row. Prints what it drew.
 """
@@ -19,20 +19,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from data.folder import HELDOUT_DIR, find_pairs  # noqa: E402
-from dataset import load_clip  # noqa: E402
+from data.synth import VOCAB, render_clip  # noqa: E402
+from dataset import load_clip, resize_frames, sample_frame_indices  # noqa: E402
 from methods.sampling import SamplingSettings, generate, load_ema_model, sample_seed  # noqa: E402
 from models.text_encoder import FrozenTextEncoder  # noqa: E402
 
 GAP = 2  # pixels between clips
 
 
-def real_clip(cfg, caption: str) -> np.ndarray | None:
+def real_clip(cfg, caption: str) -> tuple[np.ndarray | None, str]:
+    """The first clip of the data folder (or heldout/) with this caption; else, when every word is in the synthetic
+    vocabulary, the synthetic signer's render of it (the ground truth the demo data is drawn from)."""
     for folder in (cfg.data.data_dir, os.path.join(cfg.data.data_dir, HELDOUT_DIR)):
         if os.path.isdir(folder):
             for path, text in find_pairs(folder)[0]:
                 if text.strip().lower() == caption.strip().lower():
-                    return load_clip(path, cfg.data.num_frames, cfg.data.image_size, cfg.data.resize_mode)
-    return None
+                    return load_clip(path, cfg.data.num_frames, cfg.data.image_size, cfg.data.resize_mode), path
+    words = caption.lower().split()
+    if words and all(w in VOCAB for w in words):
+        clip = render_clip(words)
+        idx = sample_frame_indices([100.0] * len(clip), cfg.data.num_frames)
+        return resize_frames(clip[idx], cfg.data.image_size, cfg.data.resize_mode), "rendered by data/synth.py"
+    return None, "missing (grey row)"
 
 
 def main() -> int:
@@ -53,13 +61,13 @@ def main() -> int:
     T, S = cfg.data.num_frames, cfg.data.image_size
     rows = []
     for text in texts:
-        real = real_clip(cfg, text)
+        real, source = real_clip(cfg, text)
         rows.append(np.full((T, S, S, 3), 128, np.uint8) if real is None else real)
         emb = encoder.encode([text] * args.samples)
         rows.extend(generate(model, diffusion, emb, settings, [sample_seed(args.seed, text, j)
                                                                 for j in range(args.samples)],
                              num_frames=T, image_size=S))
-        print(f"{text!r}: real clip {'found' if real is not None else 'missing (grey row)'}, "
+        print(f"{text!r}: real clip {source}, "
               f"{args.samples} generated (guidance {settings.guidance:g}, {settings.steps} {settings.sampler} steps)")
     width = T * S + (T - 1) * GAP
     canvas = np.full((len(rows) * (S + GAP) - GAP, width, 3), 255, np.uint8)
