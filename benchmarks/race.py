@@ -46,7 +46,7 @@ print(json.dumps(dict(rate=rate, startup=start, params=sum(p.numel() for p in tr
 """
 
 
-def overrides_for(name: str, fields: list[str], out_dir: str) -> list[str]:
+def overrides_for(name: str, fields: list[str]) -> list[str]:
     return [f"train.exp_name=race_{name}", "train.tensorboard=true", *fields]
 
 
@@ -68,7 +68,7 @@ def run_child(cmd: list[str], log_path: str, deadline: float | None = None) -> t
 
 def probe(name: str, fields: list[str], out_dir: str) -> dict:
     tmp = os.path.join(out_dir, f"{name}_probe")
-    fields = overrides_for(name, fields, out_dir) + [
+    fields = overrides_for(name, fields) + [
         f"train.checkpoint_dir={tmp}/ck", f"train.log_dir={tmp}/logs", f"train.sample_dir={tmp}/s",
         "train.sample_every=0", "train.tensorboard=false", "train.max_steps=100000"]
     code = PROBE.format(root=ROOT, overrides=fields, t0=time.perf_counter())
@@ -134,7 +134,7 @@ def train_run(name: str, fields: list[str], args) -> dict | None:
     # probe's (measured: DiT-Demo/4 probed 1.6 steps/s and averaged 1.42 over its run)
     steps = int(pr["rate"] * (args.budget - pr["startup"]) * 0.88)
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "train", "--preset", "demo"]
-    for o in overrides_for(name, fields, args.out_dir) + [f"train.max_steps={steps}"]:
+    for o in overrides_for(name, fields) + [f"train.max_steps={steps}"]:
         cmd += ["--set", o]
     rc, seconds, peak = run_child(cmd, os.path.join(args.out_dir, f"{name}.log"), deadline=args.budget)
     exp = os.path.join(ROOT, "checkpoints", f"race_{name}")

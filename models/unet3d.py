@@ -144,25 +144,25 @@ class UNet3D(nn.Module):
                 zero_module(m.proj)
         zero_module(self.conv_out)
 
-    def level(self, blocks, h, c, T, text, text_mask, prior):
-        """A ResBlock and its optional attention, each checkpointed when grad checkpointing is on."""
+    def level(self, blocks, h, c, T, text, text_mask, prior, use_ckpt):
+        """A ResBlock and its optional attention, each checkpointed when use_ckpt."""
         res, attn = blocks
-        h = maybe_checkpoint(self.use_checkpoint, res, h, c, T)
+        h = maybe_checkpoint(use_ckpt, res, h, c, T)
         if attn is None:
             return h
         frame_pos = sincos_1d(torch.arange(T, device=h.device), h.shape[1]).to(h.dtype)  # (T, C)
-        return maybe_checkpoint(self.use_checkpoint, attn, h, frame_pos, text, text_mask, prior)
+        return maybe_checkpoint(use_ckpt, attn, h, frame_pos, text, text_mask, prior)
 
     def forward(self, x, t, text_tokens, text_mask, pooled, drop=None):
         """x (B, C, T, H, W); t (B,); text_tokens (B, L, E); text_mask (B, L); pooled (B, E); drop (B,) bool."""
         B, C, T, H, W = x.shape
         text_tokens, text_mask, pooled = self.text_embedder.apply_dropout(text_tokens, text_mask, pooled, drop)
         c = self.t_embedder(t) + self.text_embedder.proj(pooled)  # (B, cond_dim)
-        self.use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         h = F.pixel_unshuffle(x.transpose(1, 2).reshape(B * T, C, H, W), self.unshuffle)  # (B*T, C*u*u, H/u, W/u)
         h = self.conv_in(h)  # (B*T, C0, H/u, W/u)
         prior = alignment_prior(T, text_mask) if self.text_alignment else None  # (B, T, L)
-        args = (T, text_tokens, text_mask, prior)
+        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        args = (T, text_tokens, text_mask, prior, use_ckpt)
         skips = []
         for block in self.down:
             if isinstance(block, nn.Conv2d):

@@ -321,3 +321,17 @@ def test_text_alignment_option(arch):
                 p.zero_()  # gain 0: exactly the unaligned model
         torch.testing.assert_close(aligned(x, t, tokens, mask, pooled), randomized(arch)(x, t, tokens, mask, pooled))
     assert (a - aligned(x, t, tokens, mask, pooled)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", TEST_SIZES[1:])
+def test_grad_checkpointing_gives_the_same_output_and_gradients(arch):
+    x, t, tokens, mask, pooled = inputs()
+    grads = []
+    for ckpt in (False, True):
+        model = randomized(arch, grad_checkpointing=ckpt).train()
+        out = model(x, t, tokens, mask, pooled)
+        out.square().mean().backward()
+        grads.append((out.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
