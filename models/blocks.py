@@ -240,13 +240,22 @@ def maybe_checkpoint(enabled: bool, fn, *args):
     return checkpoint(fn, *args, use_reentrant=False) if enabled else fn(*args)
 
 
-def xavier_linears(module: nn.Module) -> None:
-    """DiT's basic init: xavier-uniform Linear weights, zero biases (the starting point every model refines)."""
-    for m in module.modules():
+def initialize_shared(model: nn.Module, patch_embed: nn.Module | None = None) -> None:
+    """DiT's init of what every model shares, in DiT's order (the starting point each model's initialize_weights
+    refines): xavier-uniform Linear weights with zero biases, the patch / tubelet projection as a flattened linear,
+    N(0, 0.02) timestep MLP, and the caption conditioner. model has t_embedder and text_embedder."""
+    for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    if patch_embed is not None:
+        w = patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(patch_embed.proj.bias)
+    for layer in (model.t_embedder.mlp[0], model.t_embedder.mlp[2]):
+        nn.init.normal_(layer.weight, std=0.02)
+    model.text_embedder.initialize_weights()
 
 
 class DiTBlock(nn.Module):

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from models.blocks import (CrossAttention, DiTBlock, FinalLayer, TextConditioner, TimestepEmbedder, TubeletEmbed,
-                           maybe_checkpoint, sincos_3d, unpatchify_tubelets, xavier_linears, zero_module)
+                           maybe_checkpoint, sincos_3d, unpatchify_tubelets, initialize_shared, zero_module)
 
 DiT3D_models: dict[str, dict[str, int]] = {
     "DiT3D-B/2x4": dict(depth=12, hidden_size=768, num_heads=12, tubelet=2, patch_size=4),
@@ -69,13 +69,7 @@ class DiT3D(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT's init: xavier linears and tubelet projection, N(0, 0.02) embedders, adaLN-Zero and the output at 0."""
-        xavier_linears(self)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        self.text_embedder.initialize_weights()
+        initialize_shared(self, self.x_embedder)
         for block in self.blocks:
             zero_module(block.adaLN_modulation[-1])
             if block.cross_attn is not None:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.blocks import (Attention, CrossAttention, TemporalAttention, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, alignment_prior, maybe_checkpoint, sincos_1d, xavier_linears, zero_module)
+                           TimestepEmbedder, alignment_prior, maybe_checkpoint, sincos_1d, initialize_shared, zero_module)
 
 # channels per level (each level halves the resolution), residual blocks per level, the levels (0 = the stem's
 # resolution) that get attention, attention heads, pixel-unshuffle factor of the stem
@@ -133,10 +133,7 @@ class UNet3D(nn.Module):
 
     def initialize_weights(self) -> None:
         """Xavier linears, then every residual branch and the output conv zeroed: identity blocks, zero output."""
-        xavier_linears(self)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        self.text_embedder.initialize_weights()
+        initialize_shared(self)
         for m in self.modules():
             if isinstance(m, ResBlock):
                 zero_module(m.conv2), zero_module(m.temporal_conv)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from models.blocks import (DiTBlock, FinalLayer, PatchEmbed, TemporalAttention, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, alignment_prior, maybe_checkpoint, sincos_1d, sincos_2d, xavier_linears)
+                           TimestepEmbedder, alignment_prior, maybe_checkpoint, sincos_1d, sincos_2d, initialize_shared)
 
 # Named sizes, like DiT's DiT_models; TinyDiT-D14/2 is TinyFusion's pruned 14-block DiT-XL/2.
 DiT_models: dict[str, dict[str, int]] = {
@@ -100,13 +100,7 @@ class VideoDiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT's init, plus zero output projections on the added attentions (identity at init)."""
-        xavier_linears(self)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        self.text_embedder.initialize_weights()
+        initialize_shared(self, self.x_embedder)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from models.blocks import (Attention, DiTBlock, FinalLayer, Mlp, PatchEmbed, TextConditioner, TextCrossAttention,
                            TimestepEmbedder, alignment_prior, maybe_checkpoint, modulate, sincos_1d, sincos_2d,
-                           xavier_linears, zero_module)
+                           initialize_shared, zero_module)
 
 # spatial (per-frame ViT) and temporal depths; ViViT-B/16 and -S/8 have the shapes of ViT-B/16
 # (google/vit-base-patch16-224-in21k) and DINO ViT-S/8 (facebook/dino-vits8), so either can initialise them
@@ -108,15 +108,9 @@ class ViViT(nn.Module):
     def initialize_weights(self) -> None:
         """ViT-style encoder init (sin-cos start for the learned positions); FiLM, cross-attention outputs,
         temporal adaLN-Zero and the final layer at zero."""
-        xavier_linears(self)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        initialize_shared(self, self.x_embedder)
         nn.init.normal_(self.cls_token, std=0.02)
         self.pos_embed.data[0, 1:] = sincos_2d(self.pos_embed.shape[-1], self.grid)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        self.text_embedder.initialize_weights()
         for block in self.spatial_blocks:
             zero_module(block.film[-1])
         for block in self.temporal_blocks:
