@@ -26,12 +26,14 @@ class GaussianDiffusion:
     """Forward process, loss and samplers for one schedule and parametrisation."""
 
     def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps",
-                 min_snr_gamma: float = 0.0):
+                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
         if min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0, got {min_snr_gamma}")
-        self.min_snr_gamma = min_snr_gamma
+        if motion_weight < 0:
+            raise ValueError(f"motion_weight must be >= 0, got {motion_weight}")
+        self.min_snr_gamma, self.motion_weight = min_snr_gamma, motion_weight
         self.schedule = make_schedule(schedule, timesteps)
         self.schedule_name = schedule
         self.num_timesteps = timesteps
@@ -60,7 +62,7 @@ class GaussianDiffusion:
     @classmethod
     def from_config(cls, dc: DiffusionConfig) -> "GaussianDiffusion":
         """The process a DiffusionConfig (diffusion section of config.py) describes."""
-        return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma)
+        return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma, dc.motion_weight)
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.num_timesteps}, "
@@ -120,15 +122,35 @@ class GaussianDiffusion:
             return torch.ones_like(snr)
         return snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)
 
+    @staticmethod
+    def motion_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
+        """Per-pixel loss weights (B, 1, T, H, W) of mean 1 per clip: 1 + strength x (the pixel's distance from its
+        own temporal mean, relative to the clip's average distance), normalised.
+
+        In sign clips the moving pixels are the hands and arms, a small part of the frame, and they carry the whole
+        caption; a plain MSE spends most of its weight on the static signer and background. A clip with no motion
+        gets uniform weights.
+        """
+        x0 = x0.float()
+        dist = (x0 - x0.mean(dim=2, keepdim=True)).abs().mean(dim=1, keepdim=True)  # (B, 1, T, H, W)
+        rel = dist / (dist.flatten(1).mean(dim=1).view(-1, 1, 1, 1, 1) + 1e-6)
+        w = 1 + strength * rel
+        return w / w.flatten(1).mean(dim=1).view(-1, 1, 1, 1, 1)
+
     def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                         **model_kwargs) -> dict[str, torch.Tensor]:
-        """MSE between the network output and `target` per sample (min-SNR weighted if configured), batch mean."""
+        """MSE between the network output and `target` per sample (min-SNR and motion weighted if configured), batch
+        mean; mse_per_sample stays the plain MSE."""
         x_t = self.q_sample(x0, t, noise)
         pred = model_fn(x_t, self.model_time(t), **model_kwargs)
         target = self.target(x0, t, noise)
         # float32 loss even when the model ran in bf16: the mean over a whole video is a long sum.
-        mse_per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-        loss_per_sample = mse_per_sample * self._table("loss_weight", t.device, torch.float32)[t]
+        sq_err = (pred.float() - target.float()).pow(2)
+        mse_per_sample = sq_err.flatten(1).mean(dim=1)
+        weighted = mse_per_sample
+        if self.motion_weight:
+            weighted = (sq_err * self.motion_weights(x0, self.motion_weight)).flatten(1).mean(dim=1)
+        loss_per_sample = weighted * self._table("loss_weight", t.device, torch.float32)[t]
         return {"loss": loss_per_sample.mean(), "loss_per_sample": loss_per_sample, "mse_per_sample": mse_per_sample,
                 "pred": pred, "target": target, "x_t": x_t}
 

@@ -246,3 +246,27 @@ def test_min_snr_loss_is_weighted_mse():
     torch.testing.assert_close(out["mse_per_sample"], mse)
     snr = d.schedule.snr[t]
     torch.testing.assert_close(out["loss_per_sample"], (mse * (snr.clamp(max=5) / (snr + 1))).float())
+
+
+def test_motion_weights_exact():
+    # one clip, 1 channel, 2 frames, 1x2 pixels: pixel A still at 0, pixel B moves -1 -> 1
+    x0 = torch.tensor([[[[[0.0, -1.0]], [[0.0, 1.0]]]]])  # (1, 1, 2, 1, 2)
+    w = GaussianDiffusion.motion_weights(x0, strength=1.0)
+    # distance from the temporal mean: A 0, B 1; relative to the clip's mean 0.5: A 0, B 2; 1 + rel: 1, 3; mean 2
+    torch.testing.assert_close(w, torch.tensor([[[[[0.5, 1.5]], [[0.5, 1.5]]]]]), rtol=0, atol=1e-6)
+    still = torch.full((2, 3, 4, 8, 8), 0.3)
+    torch.testing.assert_close(GaussianDiffusion.motion_weights(still, 4.0), torch.ones(2, 1, 4, 8, 8))
+    assert torch.allclose(GaussianDiffusion.motion_weights(make_x0(), 3.0).flatten(1).mean(1), torch.ones(2))
+
+
+def test_motion_weighted_loss():
+    d = GaussianDiffusion("cosine", 50, "v", motion_weight=2.0)
+    x0, noise, t = make_x0(), randn(1), torch.tensor([3, 40])
+    out = d.training_losses(lambda x, s: 0.5 * x, x0, t, noise)
+    sq = (0.5 * out["x_t"] - out["target"]) ** 2
+    torch.testing.assert_close(out["mse_per_sample"], sq.mean(dim=(1, 2, 3, 4)))  # logged MSE stays plain
+    weighted = (sq * GaussianDiffusion.motion_weights(x0, 2.0)).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(out["loss_per_sample"], weighted)
+    assert not torch.allclose(weighted, out["mse_per_sample"])
+    with pytest.raises(ValueError, match="motion_weight"):
+        GaussianDiffusion("cosine", 50, motion_weight=-1)
