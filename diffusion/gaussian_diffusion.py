@@ -123,9 +123,9 @@ class GaussianDiffusion:
         return snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)
 
     @staticmethod
-    def motion_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
+    def motion_weights(x0: torch.Tensor, strength: torch.Tensor | float) -> torch.Tensor:
         """Per-pixel loss weights (B, 1, T, H, W) of mean 1 per clip: 1 + strength x (the pixel's distance from its
-        own temporal mean, relative to the clip's average distance), normalised.
+        own temporal mean, relative to the clip's average distance), normalised; strength is a number or (B,).
 
         In sign clips the moving pixels are the hands and arms, a small part of the frame, and they carry the whole
         caption; a plain MSE spends most of its weight on the static signer and background. A clip with no motion
@@ -134,7 +134,7 @@ class GaussianDiffusion:
         x0 = x0.float()
         dist = (x0 - x0.mean(dim=2, keepdim=True)).abs().mean(dim=1, keepdim=True)  # (B, 1, T, H, W)
         rel = dist / (dist.flatten(1).mean(dim=1).view(-1, 1, 1, 1, 1) + 1e-6)
-        w = 1 + strength * rel
+        w = 1 + torch.as_tensor(strength, dtype=torch.float32, device=x0.device).reshape(-1, 1, 1, 1, 1) * rel
         return w / w.flatten(1).mean(dim=1).view(-1, 1, 1, 1, 1)
 
     def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
@@ -149,7 +149,10 @@ class GaussianDiffusion:
         mse_per_sample = sq_err.flatten(1).mean(dim=1)
         weighted = mse_per_sample
         if self.motion_weight:
-            weighted = (sq_err * self.motion_weights(x0, self.motion_weight)).flatten(1).mean(dim=1)
+            # full strength where the sample is mostly noise (the network decides what moves where: the caption's
+            # content), fading to a plain MSE as the noise vanishes (removing the last noise matters everywhere)
+            strength = self.motion_weight * (1 - self._table("alphas_cumprod", t.device, torch.float32)[t])
+            weighted = (sq_err * self.motion_weights(x0, strength)).flatten(1).mean(dim=1)
         loss_per_sample = weighted * self._table("loss_weight", t.device, torch.float32)[t]
         return {"loss": loss_per_sample.mean(), "loss_per_sample": loss_per_sample, "mse_per_sample": mse_per_sample,
                 "pred": pred, "target": target, "x_t": x_t}

@@ -23,6 +23,7 @@ from models.blocks import (Attention, CrossAttention, TemporalAttention, TextCon
 # resolution) that get attention, attention heads, pixel-unshuffle factor of the stem
 UNet3D_models: dict[str, dict] = {
     "UNet3D-B": dict(channels=(128, 256, 384, 512), num_blocks=2, attn_levels=(2, 3), num_heads=8, unshuffle=1),
+    "UNet3D-S": dict(channels=(32, 64), num_blocks=1, attn_levels=(1,), num_heads=4, unshuffle=2),
     "UNet3D-Demo": dict(channels=(64, 128), num_blocks=1, attn_levels=(1,), num_heads=4, unshuffle=2),
     "UNet3D-Test": dict(channels=(16, 32), num_blocks=1, attn_levels=(1,), num_heads=2, unshuffle=2),
 }

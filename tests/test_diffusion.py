@@ -257,6 +257,10 @@ def test_motion_weights_exact():
     still = torch.full((2, 3, 4, 8, 8), 0.3)
     torch.testing.assert_close(GaussianDiffusion.motion_weights(still, 4.0), torch.ones(2, 1, 4, 8, 8))
     assert torch.allclose(GaussianDiffusion.motion_weights(make_x0(), 3.0).flatten(1).mean(1), torch.ones(2))
+    # per-clip strengths: 0 leaves the clip uniform, 1 gives the numbers above
+    w = GaussianDiffusion.motion_weights(torch.cat([x0, x0]), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(w[0], torch.ones(1, 2, 1, 2))
+    torch.testing.assert_close(w[1], torch.tensor([[[[0.5, 1.5]], [[0.5, 1.5]]]]), rtol=0, atol=1e-6)
 
 
 def test_motion_weighted_loss():
@@ -265,7 +269,10 @@ def test_motion_weighted_loss():
     out = d.training_losses(lambda x, s: 0.5 * x, x0, t, noise)
     sq = (0.5 * out["x_t"] - out["target"]) ** 2
     torch.testing.assert_close(out["mse_per_sample"], sq.mean(dim=(1, 2, 3, 4)))  # logged MSE stays plain
-    weighted = (sq * GaussianDiffusion.motion_weights(x0, 2.0)).mean(dim=(1, 2, 3, 4))
+    # the strength fades with the noise: 2 x (1 - ᾱ_t), nearly 0 at t = 3 and nearly 2 at t = 40
+    strength = 2.0 * (1 - d.schedule.alphas_cumprod[t].float())
+    assert strength[0] < 0.05 and strength[1] > 1.9
+    weighted = (sq * GaussianDiffusion.motion_weights(x0, strength)).mean(dim=(1, 2, 3, 4))
     torch.testing.assert_close(out["loss_per_sample"], weighted)
     assert not torch.allclose(weighted, out["mse_per_sample"])
     with pytest.raises(ValueError, match="motion_weight"):
