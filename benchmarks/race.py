@@ -144,8 +144,8 @@ def train_run(name: str, fields: list[str], args) -> dict | None:
         return None
     import torch
 
-    step = torch.load(ckpt, map_location="cpu", weights_only=True)["step"]
-    arch = next((f.split("=", 1)[1] for f in fields if f.startswith("model.arch=")), "DiT-Demo/4")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    step, arch = state["step"], state["config"]["model"]["arch"]
     return dict(fields=fields, arch=arch, params=pr["params"], rate=pr["rate"], steps=step, train_s=seconds,
                 stopped=rc != 0, peak_mb=peak, checkpoint=ckpt, evals={})
 
