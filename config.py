@@ -26,8 +26,7 @@ MINIMUMS = {
     "data.max_clip_pixels": 1, "data.synth_num": 1, "data.synth_holdout": 0, "data.synth_seed": 0,
     "text.max_length": 2, "model.frame_chunk_size": 1, "diffusion.timesteps": 2, "diffusion.eta": 0,
     "diffusion.min_snr_gamma": 0, "diffusion.motion_weight": 0, "diffusion.guidance_scale": 0, "train.epochs": 1,
-    "train.max_steps": 0,
-    "train.batch_size": 1, "train.grad_accum": 1, "train.weight_decay": 0, "train.grad_clip": 0,
+    "train.max_steps": 0, "train.batch_size": 1, "train.grad_accum": 1, "train.weight_decay": 0, "train.grad_clip": 0,
     "train.warmup_steps": 0, "train.seed": 0, "train.log_every": 1, "train.sample_every": 0, "train.stats_every": 0,
     "train.hist_every": 0, "train.checkpoint_every": 1, "eval.evaluator_dim": 4, "eval.evaluator_patch": 1,
     "eval.evaluator_depth": 1, "eval.evaluator_steps": 1, "eval.evaluator_batch_size": 2,
@@ -75,7 +74,7 @@ class DiffusionConfig:
     schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid
     prediction: str = "eps"  # eps | v (v predicts x0 directly at low SNR: far better samples early in training)
     min_snr_gamma: float = 0.0  # min-SNR-γ loss weighting (0 = plain MSE); caps the weight of nearly clean steps
-    motion_weight: float = 0.0  # extra loss weight on moving pixels (the hands), relative to static ones (0 = off)
+    motion_weight: float = 0.0  # more loss weight on moving pixels (hands carry the caption) at noisy steps (0 = off)
     sampler: str = "ddim"  # ddim | ddpm
     sample_steps: int = 50  # sampler steps (<= timesteps)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic, 1 = DDPM-like)
