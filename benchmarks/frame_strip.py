@@ -4,9 +4,10 @@
         [--text hello --text "thank you" --text "yes no please"] [--samples 2] [--guidance G] [--steps S] [--seed 0]
 
 For each caption: one row of the first real clip in the checkpoint's data folder (or its heldout/ subfolder) with
-exactly that caption (for synthetic-vocabulary captions without one, the synthetic signer's render), then --samples rows of generated clips (EMA weights; sample j draws its noise from
-(--seed, caption, j) like `sample`), every frame left to right, scaled up 3x with nearest-neighbour so the hands'
-pixels stay visible. A caption without a real clip gets a grey row. Prints what it drew.
+exactly that caption (for synthetic-vocabulary captions without one, the synthetic signer's render), then --samples
+rows of generated clips (EMA weights; sample j draws its noise from (--seed, caption, j) like `sample`), every frame
+left to right, scaled up 3x with nearest-neighbour so the hands' pixels stay visible. A caption with neither gets a
+grey row. Prints what it drew.
 """
 from __future__ import annotations
 

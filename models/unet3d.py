@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.blocks import (Attention, CrossAttention, TemporalAttention, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, alignment_prior, maybe_checkpoint, sincos_1d, initialize_shared, zero_module)
+                           TimestepEmbedder, alignment_prior, initialize_shared, maybe_checkpoint, sincos_1d,
+                           zero_module)
 
 # channels per level (each level halves the resolution), residual blocks per level, the levels (0 = the stem's
 # resolution) that get attention, attention heads, pixel-unshuffle factor of the stem

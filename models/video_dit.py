@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from models.blocks import (DiTBlock, FinalLayer, PatchEmbed, TemporalAttention, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, alignment_prior, maybe_checkpoint, sincos_1d, sincos_2d, initialize_shared)
+                           TimestepEmbedder, alignment_prior, initialize_shared, maybe_checkpoint, sincos_1d, sincos_2d)
 
 # Named sizes, like DiT's DiT_models; TinyDiT-D14/2 is TinyFusion's pruned 14-block DiT-XL/2.
 DiT_models: dict[str, dict[str, int]] = {

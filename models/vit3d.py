@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from models.blocks import (Attention, CrossAttention, Mlp, TextConditioner, TimestepEmbedder, TubeletEmbed,
-                           maybe_checkpoint, sincos_3d, unpatchify_tubelets, initialize_shared, zero_module)
+                           initialize_shared, maybe_checkpoint, sincos_3d, unpatchify_tubelets, zero_module)
 
 ViT3D_models: dict[str, dict[str, int]] = {
     "ViT3D-B/2x4": dict(depth=12, hidden_size=768, num_heads=12, tubelet=2, patch_size=4),

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from models.blocks import (Attention, DiTBlock, FinalLayer, Mlp, PatchEmbed, TextConditioner, TextCrossAttention,
-                           TimestepEmbedder, alignment_prior, maybe_checkpoint, modulate, sincos_1d, sincos_2d,
-                           initialize_shared, zero_module)
+                           TimestepEmbedder, alignment_prior, initialize_shared, maybe_checkpoint, modulate,
+                           sincos_1d, sincos_2d, zero_module)
 
 # spatial (per-frame ViT) and temporal depths; ViViT-B/16 and -S/8 have the shapes of ViT-B/16
 # (google/vit-base-patch16-224-in21k) and DINO ViT-S/8 (facebook/dino-vits8), so either can initialise them
@@ -98,10 +98,9 @@ class ViViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid ** 2, hidden_size))  # learned, as in ViT
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.text_embedder = TextConditioner(text_dim, hidden_size)
-        self.spatial_blocks = nn.ModuleList([SpatialBlock(hidden_size, num_heads, text_dim, cross_attention, text_alignment)
-                                             for _ in range(spatial_depth)])
-        self.temporal_blocks = nn.ModuleList([TemporalBlock(hidden_size, num_heads, text_dim, cross_attention, text_alignment)
-                                              for _ in range(temporal_depth)])
+        block_args = (hidden_size, num_heads, text_dim, cross_attention, text_alignment)
+        self.spatial_blocks = nn.ModuleList([SpatialBlock(*block_args) for _ in range(spatial_depth)])
+        self.temporal_blocks = nn.ModuleList([TemporalBlock(*block_args) for _ in range(temporal_depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
 
