@@ -26,14 +26,17 @@ class GaussianDiffusion:
     """Forward process, loss and samplers for one schedule and parametrisation."""
 
     def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps",
-                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0):
+                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
         if min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0, got {min_snr_gamma}")
         if motion_weight < 0:
             raise ValueError(f"motion_weight must be >= 0, got {motion_weight}")
+        if not 0 <= frame_noise_correlation < 1:
+            raise ValueError(f"frame_noise_correlation must be in [0, 1), got {frame_noise_correlation}")
         self.min_snr_gamma, self.motion_weight = min_snr_gamma, motion_weight
+        self.frame_noise_correlation = frame_noise_correlation
         self.schedule = make_schedule(schedule, timesteps)
         self.schedule_name = schedule
         self.num_timesteps = timesteps
@@ -62,7 +65,8 @@ class GaussianDiffusion:
     @classmethod
     def from_config(cls, dc: DiffusionConfig) -> "GaussianDiffusion":
         """The process a DiffusionConfig (diffusion section of config.py) describes."""
-        return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma, dc.motion_weight)
+        return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma, dc.motion_weight,
+                   dc.frame_noise_correlation)
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.num_timesteps}, "
@@ -98,6 +102,22 @@ class GaussianDiffusion:
 
     # ----------------------------------------------------------------------------------------------------------
     # forward process and training
+
+    def correlate_frames(self, noise: torch.Tensor) -> torch.Tensor:
+        """i.i.d. noise (B, C, T, H, W) -> noise whose frames share a part: each pixel still N(0, 1), frame pairs
+        correlated by rho = frame_noise_correlation (the mixed noise prior of PYoCo, Ge et al. 2023).
+
+        Noise drawn independently per frame is what the network must remove frame by frame; whatever it leaves (an
+        undertrained model leaves a lot) is flicker. Computed as the symmetric square root of the frame covariance
+        (1 - rho) I + rho 11^T applied to the draw: sqrt(1 - rho) eps + (sqrt(1 - rho + rho T) - sqrt(1 - rho))
+        mean_T(eps), so the random streams are the same as without it and rho = 0 returns noise unchanged.
+        """
+        rho = self.frame_noise_correlation
+        if rho == 0:
+            return noise
+        T = noise.shape[2]
+        a, b = (1 - rho) ** 0.5, (1 - rho + rho * T) ** 0.5
+        return a * noise + (b - a) * noise.mean(dim=2, keepdim=True)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) noise."""
@@ -140,7 +160,8 @@ class GaussianDiffusion:
     def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                         **model_kwargs) -> dict[str, torch.Tensor]:
         """MSE between the network output and `target` per sample (min-SNR and motion weighted if configured), batch
-        mean; mse_per_sample stays the plain MSE."""
+        mean; mse_per_sample stays the plain MSE. noise is i.i.d.: the frame correlation, if any, is applied here."""
+        noise = self.correlate_frames(noise)
         x_t = self.q_sample(x0, t, noise)
         pred = model_fn(x_t, self.model_time(t), **model_kwargs)
         target = self.target(x0, t, noise)
@@ -239,12 +260,12 @@ class GaussianDiffusion:
         `model_fn(x_t, model_time)` returns the raw network output; classifier-free guidance belongs inside it.
         """
         timesteps = self.sampling_timesteps(steps, sampler)
-        x = draw_noise(shape, generator).to(device)
+        x = self.correlate_frames(draw_noise(shape, generator)).to(device)
         needs_noise = sampler == "ddpm" or eta > 0
         for i, step in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t = torch.full((shape[0],), step, dtype=torch.long, device=device)
             model_out = model_fn(x, self.model_time(t))
-            noise = draw_noise(shape, generator).to(device) if needs_noise else None
+            noise = self.correlate_frames(draw_noise(shape, generator)).to(device) if needs_noise else None
             if sampler == "ddpm":
                 x = self.ddpm_step(x, t, model_out, noise=noise, clip_x0=clip_x0)
             else:

@@ -128,24 +128,29 @@ class Attention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Tokens attend to a padded context sequence (text tokens); mask is True where the context is real."""
+    """Tokens attend to a padded context sequence (text tokens); mask is True where the context is real. With
+    aligned=True a per-head learned gain times a prior (B, T, L) on the logits says which context tokens each frame's
+    queries favour (alignment_prior); x's N tokens are then T frames of N/T tokens each, frame-major."""
 
-    def __init__(self, dim: int, context_dim: int, num_heads: int):
+    def __init__(self, dim: int, context_dim: int, num_heads: int, aligned: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim, bias=True)
         self.kv = nn.Linear(context_dim, dim * 2, bias=True)
         self.proj = nn.Linear(dim, dim)
+        self.align_gain = nn.Parameter(torch.ones(num_heads)) if aligned else None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-        """bias: an optional additive prior on the attention logits, broadcastable to (B, H, N, L)."""
+                prior: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape
         L, H = context.shape[1], self.num_heads
         q = self.q(x).reshape(B, N, H, D // H).transpose(1, 2)  # (B, H, N, D/H)
         kv = self.kv(context).reshape(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, L, D/H)
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, L)
-        if bias is not None:
+        if self.align_gain is not None:
+            T = prior.shape[1]
+            bias = self.align_gain[None, :, None, None, None] * prior[:, None, :, None, :]  # (B, H, T, 1, L)
+            bias = bias.expand(-1, -1, -1, N // T, -1).reshape(B, H, N, L)  # (B, H, N, L)
             attn_mask = bias.to(q.dtype).masked_fill(~attn_mask, float("-inf"))  # (B, H, N, L)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
@@ -181,23 +186,17 @@ def alignment_prior(frames: int, mask: torch.Tensor) -> torch.Tensor:
 
 class TextCrossAttention(CrossAttention):
     """Every token of x (B, T, N, D) attends to the caption tokens; queries carry their frame index (frame_pos (T, D)),
-    so each frame can pick its own words. With aligned=True a per-head learned gain times alignment_prior (given as
-    prior (B, T, L)) is added to the logits. Returns the residual (B, T, N, D)."""
+    so each frame can pick its own words; aligned / prior as in CrossAttention. Returns the residual (B, T, N, D)."""
 
     def __init__(self, dim: int, context_dim: int, num_heads: int, aligned: bool = False):
-        super().__init__(dim, context_dim, num_heads)
+        super().__init__(dim, context_dim, num_heads, aligned)
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.align_gain = nn.Parameter(torch.ones(num_heads)) if aligned else None
 
     def forward(self, x: torch.Tensor, frame_pos: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
                 prior: torch.Tensor | None = None):
         B, T, N, D = x.shape
         q = (self.norm(x) + frame_pos[:, None, :]).reshape(B, T * N, D)  # (B, T*N, D)
-        bias = None
-        if self.align_gain is not None:
-            bias = self.align_gain[None, :, None, None, None] * prior[:, None, :, None, :]  # (B, H, T, 1, L)
-            bias = bias.expand(-1, -1, -1, N, -1).reshape(B, self.num_heads, T * N, -1)  # (B, H, T*N, L)
-        return super().forward(q, text, mask, bias).view(B, T, N, D)
+        return super().forward(q, text, mask, prior).view(B, T, N, D)
 
 
 class TextConditioner(nn.Module):

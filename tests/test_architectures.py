@@ -304,7 +304,7 @@ def test_alignment_prior_numbers_and_effect():
     torch.testing.assert_close(weights[:, :2], expected)
 
 
-@pytest.mark.parametrize("arch", ["DiT-Test/4", "UNet3D-Test", "ViViT-Test/4"])
+@pytest.mark.parametrize("arch", TEST_SIZES)
 def test_text_alignment_option(arch):
     torch.manual_seed(0)
     plain = build_model(arch, 16, TEXT_DIM)

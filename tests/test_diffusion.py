@@ -279,3 +279,37 @@ def test_motion_weighted_loss():
     with pytest.raises(ValueError, match="motion_weight"):
         GaussianDiffusion("cosine", 50, motion_weight=-1)
     assert GaussianDiffusion.from_config(DiffusionConfig(motion_weight=2.0)).motion_weight == 2.0
+
+
+def test_correlate_frames_exact_and_covariance():
+    plain = GaussianDiffusion(timesteps=10)
+    d = GaussianDiffusion(timesteps=10, frame_noise_correlation=0.5)
+    # two frames, one pixel: a = sqrt(0.5), b = sqrt(1.5); frame 0 = a*e0 + (b - a)*(e0 + e1)/2
+    e = torch.tensor([1.0, 3.0], dtype=torch.float64).view(1, 1, 2, 1, 1)
+    a, b = math.sqrt(0.5), math.sqrt(1.5)
+    out = d.correlate_frames(e).flatten().tolist()
+    assert out == pytest.approx([a * 1 + (b - a) * 2, a * 3 + (b - a) * 2], abs=1e-12)
+    torch.testing.assert_close(plain.correlate_frames(e), e)  # rho = 0: the same tensor, bit for bit
+    # the covariance over a large draw: unit variance per pixel, rho between any two frames of a clip
+    g = torch.Generator().manual_seed(0)
+    x = d.correlate_frames(torch.randn(20000, 1, 4, 1, 1, generator=g, dtype=torch.float64)).view(-1, 4)
+    cov = x.T @ x / x.shape[0]
+    expected = torch.full((4, 4), 0.5, dtype=torch.float64) + 0.5 * torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(cov, expected, atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="frame_noise_correlation"):
+        GaussianDiffusion(frame_noise_correlation=1.0)
+
+
+def test_correlated_noise_reaches_loss_and_sampler():
+    d = GaussianDiffusion(timesteps=10, prediction="v", frame_noise_correlation=0.75)
+    x0 = torch.zeros(1, 1, 3, 2, 2)
+    noise = torch.randn(1, 1, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([9])
+    out = d.training_losses(lambda x, s: torch.zeros_like(x), x0, t, noise)
+    torch.testing.assert_close(out["x_t"], d.q_sample(x0, t, d.correlate_frames(noise)))
+    # the sampler's start noise is the correlated transform of the generator's draw
+    seen = []
+    d.sample(lambda x, s: seen.append(x.clone()) or torch.zeros_like(x), (1, 1, 3, 2, 2), steps=1,
+             generator=torch.Generator().manual_seed(2))
+    start = d.correlate_frames(torch.randn(1, 1, 3, 2, 2, generator=torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(seen[0], start)

@@ -101,7 +101,7 @@ def test_checklist_passes_on_healthy_setup(tmp_path, synth_dir, tiny_encoder, ca
     code, out = run_checklist(tmp_path, synth_dir, tiny_encoder, capsys, **{"model.pretrained": tmp_path / "tiny.pt"})
     assert code == 0, out
     assert lines(out) == {name: PASS for name in CHECKLIST}, out
-    assert "27 exact, 3 adapted, 1 recomputed, 1 unused, 26 new" in out
+    assert "27 exact, 3 adapted, 1 recomputed, 1 unused, 28 new" in out  # 2 of the new: align gains
     assert "14 clips decode, 8..8 frames, sizes 32x32" in out
 
 
