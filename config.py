@@ -19,6 +19,7 @@ class ConfigError(UserError):
     """A configuration mistake, naming the field."""
 
 
+DEMO_DATA_DIR = "training_data/synthetic"  # the only folder the synthetic set is ever written into unasked
 MAX_FRAMES = 512  # clip length bound: 512 frames of 512x512 already take 400 MB per clip
 MAX_IMAGE_SIZE = 1024  # frame size bound: beyond any pixel-space video model, and its clips would not fit in memory
 # field -> smallest allowed value (the ranges with an upper bound too are checked in Config.validate)
@@ -43,7 +44,7 @@ class DataConfig:
     cache_dir: str = "cache"  # decoded uint8 clips and caption embeddings, keyed by content + settings
     allow_stills: bool = False  # keep 1-frame GIFs (a still image teaches no motion: skipped by default)
     max_clip_pixels: int = 1_000_000_000  # width x height x frames a GIF may declare; refused undecoded above
-    synth_if_missing: bool = False  # write the built-in synthetic set into data_dir when it has no GIFs
+    synth_if_missing: bool = False  # write the built-in synthetic set when data_dir is DEMO_DATA_DIR and has no clips
     synth_num: int = 600  # clips written when synth_if_missing triggers
     synth_seed: int = 0  # seed of that synthetic set (deterministic content)
     synth_holdout: int = 0  # word combinations that set keeps out of training (heldout/: `evaluate`'s unseen captions)
@@ -200,7 +201,7 @@ def demo() -> Config:
     behind 1000 fast-moving steps.
     """
     cfg = Config()
-    cfg.data = DataConfig(data_dir="training_data/synthetic", num_frames=8, image_size=32, val_fraction=0.05,
+    cfg.data = DataConfig(data_dir=DEMO_DATA_DIR, num_frames=8, image_size=32, val_fraction=0.05,
                           synth_if_missing=True, synth_holdout=24)
     cfg.text = TextConfig(encoder="all-MiniLM-L6-v2", max_length=16)
     cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)

@@ -1,12 +1,12 @@
-"""Sign-language GIF + caption dataset: discover, decode once, cache, hold in memory as uint8.
+"""Sign-language clip + caption dataset: discover, decode once, cache, hold in memory as uint8.
 
-Which files are clips and captions, what is skipped and the train/val split are data/folder.py's rules. Each GIF is
-decoded once
-(`load_clip`): all frames to RGB, `num_frames` frames sampled evenly over the clip's playback TIME (per-frame
-durations, so a held pose counts for as long as it is shown), resized aspect-preserving to
-`image_size x image_size` (never a blind center crop that cuts off hands), and cached on disk as a uint8
-.npy keyed by the file's bytes and these settings. The split's clips live in one uint8 tensor
-(N, T, H, W, 3); `get_batch` turns an index tensor into a float (B, 3, T, H, W) batch in [-1, 1] in one shot.
+Which files are clips and captions, what is skipped and the train/val split are data/folder.py's rules. Each clip (a
+GIF or a video file) is decoded once (`load_clip`): `num_frames` frames sampled evenly over the clip's playback TIME
+(per-frame durations or timestamps, so a held pose counts for as long as it is shown and variable frame rates are
+respected), converted to RGB, resized aspect-preserving to `image_size x image_size` (never a blind center crop that
+cuts off hands), and cached on disk as a uint8 .npy keyed by the file's bytes and these settings. The split's clips
+live in one uint8 tensor (N, T, H, W, 3); `get_batch` turns an index tensor into a float (B, 3, T, H, W) batch in
+[-1, 1] in one shot.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from utils.atomic import atomic_write
 from utils.device import available_memory, format_bytes
 from utils.gif import GifReadError, read_gif
 from utils.pixels import to_unit_range
+from utils.video import is_video, read_video
 
 CACHE_VERSION = 2  # bump when decoding/preprocessing changes so stale cache entries are not reused
 RESIZE_MODES = ("pad", "crop")
@@ -91,10 +92,13 @@ def resize_frames(frames: np.ndarray, image_size: int, resize_mode: str) -> np.n
 
 def load_clip(path: str, num_frames: int, image_size: int, resize_mode: str, max_pixels: int = 0,
               allow_stills: bool = True) -> np.ndarray:
-    """Decode + preprocess one GIF: uint8 (num_frames, image_size, image_size, 3), decoding only the frames kept.
+    """Decode + preprocess one GIF or video: uint8 (num_frames, image_size, image_size, 3), decoding only the frames
+    kept.
 
-    Raises GifReadError (corrupt, not a GIF, over max_pixels, or a still image when stills are not allowed)."""
-    frames, durations = read_gif(path, lambda d: sample_frame_indices(d, num_frames), max_pixels)  # (T, h, w, 3)
+    Raises GifReadError / VideoReadError (corrupt, not that format, over max_pixels, or a still image when stills are
+    not allowed); both are ValueErrors."""
+    read = read_video if is_video(path) else read_gif
+    frames, durations = read(path, lambda d: sample_frame_indices(d, num_frames), max_pixels)  # (T, h, w, 3)
     if len(durations) == 1 and not allow_stills:
         raise GifReadError("a still image (1 frame), not an animation; data.allow_stills=true keeps such files")
     return resize_frames(frames, image_size, resize_mode)
@@ -139,7 +143,7 @@ def _write_cache(cache_file: str, clip: np.ndarray) -> None:
 
 
 class SignDataset(torch.utils.data.Dataset):
-    """One split of a GIF + caption folder, fully in memory as uint8.
+    """One split of a clip + caption folder, fully in memory as uint8.
 
     split: "train" | "val" | "all". quiet=True silences the progress bar and the skipped-files warning
     (the `skipped` list is filled either way), e.g. for the val set built right after the train set.
@@ -154,9 +158,9 @@ class SignDataset(torch.utils.data.Dataset):
         pairs = select_split(pairs, split, cfg.val_fraction)
         need, free = len(pairs) * t * s * s * 3, available_memory(torch.device("cpu"))
         if free is not None and need > free:  # the split is held in memory as one uint8 tensor
-            raise DataError(f"the {split} split's {len(pairs)} clips of {t} frames of {s}x{s} need {format_bytes(need)} "
-                            f"of memory, {format_bytes(free)} is available: lower data.image_size or data.num_frames,"
-                            f" or use fewer clips")
+            raise DataError(f"the {split} split's {len(pairs)} clips of {t} frames of {s}x{s} need "
+                            f"{format_bytes(need)} of memory, {format_bytes(free)} is available: lower data.image_size "
+                            f"or data.num_frames, or use fewer clips")
 
         # Pass 1: hash files and load cache hits. Pass 2: decode only the misses.
         clips: list[np.ndarray | None] = []
@@ -171,12 +175,12 @@ class SignDataset(torch.utils.data.Dataset):
             clips.append(clip)
             if clip is None and cache_file:
                 misses.append((i, cache_file))
-        for i, cache_file in tqdm(misses, desc="decoding GIFs", unit="clip", disable=quiet or None,
+        for i, cache_file in tqdm(misses, desc="decoding clips", unit="clip", disable=quiet or None,
                                   dynamic_ncols=True, leave=False):
             path = pairs[i][0]
             try:
                 clips[i] = load_clip(path, t, s, cfg.resize_mode, cfg.max_clip_pixels, cfg.allow_stills)
-            except ValueError as e:  # GifReadError: corrupt / truncated / not an image
+            except ValueError as e:  # GifReadError / VideoReadError: corrupt / truncated / not that format
                 self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
                 continue
             _write_cache(cache_file, clips[i])
@@ -191,8 +195,8 @@ class SignDataset(torch.utils.data.Dataset):
                   f" kept but they teach no motion: {', '.join(self.constant)}", file=sys.stderr)
         if not keep and split != "val":  # an empty val split is fine for tiny sets
             raise DataError(f"no usable clips for split '{split}' in '{cfg.data_dir}' "
-                            f"({len(self.skipped)} file(s) skipped): expected <name>.gif + <name>.txt "
-                            f"caption pairs; {HOW_TO_GET_DATA.replace('<dir>', cfg.data_dir)}")
+                            f"({len(self.skipped)} file(s) skipped): expected <name>.gif (or a video) + "
+                            f"<name>.txt caption pairs; {HOW_TO_GET_DATA.replace('<dir>', cfg.data_dir)}")
 
         self.paths = [pairs[i][0] for i in keep]
         self.captions = [pairs[i][1] for i in keep]

@@ -5,9 +5,10 @@
 Checks, in order (each is a function below that takes what it inspects, so tests plant faults directly):
 
 - config: the preset and --set values build a valid configuration.
-- data folder: data.data_dir exists and holds GIFs (WARN instead when the preset writes its synthetic set there).
-- captions present: GIFs with a usable <name>.txt caption; GIFs without one are listed (WARN: training skips them).
-- clips decodable: every GIF (or the first --max-clips) decodes; any that does not is named (FAIL: a damaged file
+- data folder: data.data_dir exists and holds clips, GIFs or videos (WARN instead when the demo preset writes its
+  synthetic set there).
+- captions present: clips with a usable <name>.txt caption; clips without one are listed (WARN: training skips them).
+- clips decodable: every clip (or the first --max-clips) decodes; any that does not is named (FAIL: a damaged file
   that training would silently skip).
 - text encoder: text.encoder loads and encodes a caption (offline-aware message when it cannot).
 - model: the configured architecture builds; parameter counts.
@@ -33,26 +34,28 @@ from preflight import FAIL, PASS, WARN, Checks, check_config, format_count, pars
 BYTES_PER_PARAM_CHECKPOINT = 16  # fp32 weights + EMA + AdamW exp_avg + exp_avg_sq
 
 
-def check_data_folder(data_dir: str, synth_if_missing: bool, synth_num: int):
-    from data.folder import DataError, find_pairs, has_clips
+def check_data_folder(dc):
+    from data.folder import DataError, find_pairs
+    from data.synth import will_write_synthetic
 
     try:
-        pairs, skipped = find_pairs(data_dir)
+        pairs, skipped = find_pairs(dc.data_dir)
     except DataError:
-        if synth_if_missing and not has_clips(data_dir):
-            return WARN, f"no GIFs in {data_dir} yet: `main.py train` writes the synthetic set ({synth_num} clips)"
+        if will_write_synthetic(dc):
+            return WARN, (f"no clips in {dc.data_dir} yet: `main.py train` writes the synthetic set "
+                          f"({dc.synth_num} clips)")
         raise
-    return PASS, f"{len(pairs) + len(skipped)} GIFs in {data_dir}", (pairs, skipped)
+    return PASS, f"{len(pairs) + len(skipped)} clip files in {dc.data_dir}", (pairs, skipped)
 
 
 def check_captions(pairs: list[tuple[str, str]], skipped: list[tuple[str, str]]):
     if not pairs:
-        return FAIL, f"no GIF has a usable caption ({len(skipped)} skipped: {_names(skipped)})"
+        return FAIL, f"no clip has a usable caption ({len(skipped)} skipped: {_names(skipped)})"
     words = [len(c.split()) for _, c in pairs]
     detail = (f"{len(pairs)} clips captioned ({len(set(c for _, c in pairs))} distinct captions, "
               f"{min(words)}..{max(words)} words)")
     if skipped:
-        return WARN, f"{detail}; {len(skipped)} GIF(s) skipped by training: {_names(skipped)}"
+        return WARN, f"{detail}; {len(skipped)} file(s) skipped by training: {_names(skipped)}"
     return PASS, detail
 
 
@@ -62,21 +65,24 @@ def _names(items: list[tuple[str, str]], limit: int = 5) -> str:
 
 
 def check_clips(pairs: list[tuple[str, str]], num_frames: int, max_clips: int = 0):
-    """Decode every GIF (the loader's own reader); name the ones that fail."""
+    """Decode the frames training will take from every clip (the loader's own readers); name the ones that fail."""
+    from dataset import sample_frame_indices
     from utils.gif import read_gif
+    from utils.video import is_video, read_video
 
     chosen = pairs[:max_clips] if max_clips else pairs
     bad, frames, sizes = [], [], set()
     for path, _ in chosen:
         try:
-            clip, _ = read_gif(path)
+            read = read_video if is_video(path) else read_gif
+            clip, durations = read(path, lambda d: sample_frame_indices(d, num_frames))
         except ValueError as err:
             bad.append((os.path.basename(path), str(err)))
             continue
-        frames.append(clip.shape[0])
+        frames.append(len(durations))
         sizes.add(f"{clip.shape[2]}x{clip.shape[1]}")
     if bad:
-        return FAIL, f"{len(bad)} of {len(chosen)} GIF(s) do not decode: {_names(bad)}"
+        return FAIL, f"{len(bad)} of {len(chosen)} clip(s) do not decode: {_names(bad)}"
     short = sum(n < num_frames for n in frames)
     return PASS, (f"{len(chosen)}{'' if len(chosen) == len(pairs) else f' of {len(pairs)}'} clips decode, "
                   f"{min(frames)}..{max(frames)} frames, sizes {', '.join(sorted(sizes)[:4])}"
@@ -219,7 +225,7 @@ def check_device_memory(cfg, model):
 
 def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
     dc, tc = cfg.data, cfg.train
-    data = checks.run("data folder", check_data_folder, dc.data_dir, dc.synth_if_missing, dc.synth_num)
+    data = checks.run("data folder", check_data_folder, dc)
     n_train = dc.synth_num
     if data is not None:
         from data.folder import select_split

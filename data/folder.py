@@ -1,7 +1,8 @@
 """The data-folder rules: which files are clips, where their captions are, what is skipped and why, and the split.
 
-A data folder is flat: `<name>.gif` (any case of the suffix) with a same-stem `<name>.txt` caption. The rules a
-user meets, each a named skip in the warning rather than a silent choice:
+A data folder is flat: clips `<name>.gif` or videos `<name>.mp4` (.webm, .mov, .avi, .mkv, .m4v; any case of the
+suffix) with a same-stem `<name>.txt` caption. The rules a user meets, each a named skip in the warning rather than a
+silent choice:
 - hidden files (".x.gif", macOS "._x.gif" forks) are not clips and are not listed;
 - subfolders are not read (clips must sit directly in the folder), except HELDOUT_DIR; they are listed;
 - a name that is not valid UTF-8, a link to outside the data folder, and a broken link are skipped;
@@ -18,8 +19,9 @@ import re
 import unicodedata
 
 from utils.errors import UserError
+from utils.video import VIDEO_SUFFIXES
 
-CLIP_SUFFIX = ".gif"  # matched case-insensitively: x.GIF is a clip too
+CLIP_SUFFIXES = (".gif",) + VIDEO_SUFFIXES  # matched case-insensitively: x.GIF is a clip too
 CAPTION_SUFFIX = ".txt"
 HELDOUT_DIR = "heldout"  # subfolder of word combinations kept out of training (`evaluate`'s unseen captions)
 HOW_TO_GET_DATA = "run `python main.py synth-data --out <dir>` for the built-in synthetic set"
@@ -27,14 +29,14 @@ MAX_CAPTION_BYTES = 64 * 1024  # a caption is a sentence; anything longer is not
 
 
 class DataError(UserError):
-    """The data folder is missing, empty, or holds no usable GIF + caption pair."""
+    """The data folder is missing, empty, or holds no usable clip + caption pair."""
 
 
 def clip_files(folder: str) -> list[str]:
     """Sorted names of the clip files directly in `folder` (regular files or links to them; hidden files never)."""
     if not os.path.isdir(folder):
         return []
-    return sorted(n for n in os.listdir(folder) if n.lower().endswith(CLIP_SUFFIX) and not n.startswith(".")
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(CLIP_SUFFIXES) and not n.startswith(".")
                   and os.path.isfile(os.path.join(folder, n)))
 
 
@@ -44,7 +46,7 @@ def has_clips(folder: str) -> bool:
 
 def clip_stem(path: str) -> str:
     """A clip's name without folder and suffix: what its caption file and its train/val split are keyed by."""
-    return os.path.basename(path)[:-len(CLIP_SUFFIX)]
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def caption_words(caption: str) -> list[str]:
@@ -104,7 +106,8 @@ def read_caption(path: str) -> tuple[str | None, str | None]:
 
 def find_pairs(data_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(clip_path, caption) pairs sorted by file name, and (shown file name, reason) for everything skipped."""
-    expected = f"expected a folder of <name>.gif clips each with a <name>.txt caption; {HOW_TO_GET_DATA}"
+    expected = (f"expected a folder of <name>.gif or video clips ({', '.join(VIDEO_SUFFIXES)}) each with a "
+                f"<name>.txt caption; {HOW_TO_GET_DATA}")
     if not os.path.isdir(data_dir):
         raise DataError(f"data folder '{data_dir}' does not exist: {expected.replace('<dir>', data_dir)}")
     names = sorted(n for n in os.listdir(data_dir) if not n.startswith("."))
@@ -115,17 +118,17 @@ def find_pairs(data_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, st
             if name != HELDOUT_DIR:
                 skipped.append((shown(name) + "/", "a folder: not read (clips must sit directly in the data folder)"))
             continue
-        if not lower.endswith((CLIP_SUFFIX, CAPTION_SUFFIX)):
+        if not lower.endswith(CLIP_SUFFIXES + (CAPTION_SUFFIX,)):
             continue
         problem = entry_problem(data_dir, name)
         if problem:
             skipped.append((shown(name), problem))
-        elif lower.endswith(CLIP_SUFFIX):
+        elif lower.endswith(CLIP_SUFFIXES):
             clips.append(name)
         else:
             captions[name[:-len(CAPTION_SUFFIX)]] = name
     if not clips and not skipped:
-        raise DataError(f"no .gif files in '{data_dir}': {expected.replace('<dir>', data_dir)}")
+        raise DataError(f"no clips in '{data_dir}': {expected.replace('<dir>', data_dir)}")
     by_lower = {stem.lower(): stem for stem in captions}
     pairs = []
     for name in clips:

@@ -16,7 +16,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 
-from config import DataConfig
+from config import DEMO_DATA_DIR, DataConfig
 from data.folder import HELDOUT_DIR, has_clips
 from utils.atomic import atomic_write
 from utils.gif import write_gif
@@ -381,9 +381,17 @@ def write_dataset(out_dir: str, num: int, seed: int = 0, size: int = 64, num_fra
     return {"clips": len(captions), "heldout": len(held), "out_dir": out_dir}
 
 
+def will_write_synthetic(dc: DataConfig) -> bool:
+    """True when ensure_data would write the synthetic set: data.synth_if_missing (the demo preset) and data_dir is the
+    demo's own folder with no clips. Any other folder is the user's: missing or empty, it is an error, never filled
+    with synthetic clips that would then be trained on as if they were the user's data."""
+    same = os.path.realpath(dc.data_dir) == os.path.realpath(DEMO_DATA_DIR)
+    return dc.synth_if_missing and same and not has_clips(dc.data_dir)
+
+
 def ensure_data(dc: DataConfig) -> None:
-    """With data.synth_if_missing (the demo preset), write the built-in synthetic set when data_dir has no clips."""
-    if dc.synth_if_missing and not has_clips(dc.data_dir):
+    """Write the built-in synthetic set where will_write_synthetic says so."""
+    if will_write_synthetic(dc):
         print(f"no clips in {dc.data_dir}: writing the built-in synthetic sign set ({dc.synth_num} clips, "
               f"seed {dc.synth_seed})", file=sys.stderr)
         write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, holdout=dc.synth_holdout,

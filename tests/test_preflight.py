@@ -120,7 +120,7 @@ def test_checklist_names_corrupt_gif_and_warns_missing_caption(tmp_path, damaged
     code, out = run_checklist(tmp_path, str(folder), tiny_encoder, capsys)
     assert code == 1
     status = lines(out)
-    assert status["clips decodable"] == FAIL and f"1 of 14 GIF(s) do not decode: {victim}" in out
+    assert status["clips decodable"] == FAIL and f"1 of 14 clip(s) do not decode: {victim}" in out
     assert status["captions present"] == "WARN" and "uncaptioned.gif (no caption)" in out
     assert [n for n, s in status.items() if s == FAIL] == ["clips decodable"]
 

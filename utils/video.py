@@ -1,0 +1,145 @@
+"""Video file reading and writing (PyAV: FFmpeg's decoders and encoders, shipped inside its PyPI wheel).
+
+Mirrors utils/gif.py: `read_video(path, choose)` returns the frames `choose(durations)` picks from the presentation
+timeline and every frame's display duration, so a variable-frame-rate clip is sampled by time exactly as a GIF is.
+"""
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+
+from utils.atomic import atomic_write
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v")  # matched case-insensitively
+
+
+class VideoReadError(ValueError):
+    """The file could not be decoded as a video (corrupt, truncated, no video stream, or declaring too much)."""
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {msg}"[:120]
+
+
+def _timeline(container, stream) -> tuple[list[int | None], list[float]]:
+    """Presentation-ordered frame keys (pts, or None when the stream has none) and display durations in ms, from
+    the packets alone (nothing decoded)."""
+    pts, last_duration = [], None
+    for packet in container.demux(stream):
+        if packet.size and (packet.pts is not None or packet.dts is not None):
+            pts.append(packet.pts if packet.pts is not None else packet.dts)
+            last_duration = packet.duration
+    pts = sorted(set(pts))
+    tb = float(stream.time_base) if stream.time_base else 0.0
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    if not pts or not tb:  # no usable timestamps: every frame shown for 1 / frame rate
+        n = stream.frames or len(pts)
+        return [None] * n, [1000.0 / rate] * n
+    times = [p * tb * 1000.0 for p in pts]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    last = last_duration * tb * 1000.0 if last_duration else (float(np.median(gaps)) if gaps else 1000.0 / rate)
+    return pts, gaps + [last]
+
+
+def read_video(path: str, choose=None, max_pixels: int = 0, start_s: float | None = None,
+               end_s: float | None = None) -> tuple[np.ndarray, list[float]]:
+    """Decode a video's frames to RGB uint8, keeping only those `choose(durations)` picks (all when None).
+
+    Returns (kept frames (K, H, W, 3), the display duration in ms of every frame considered). start_s / end_s trim
+    the timeline first (a frame belongs to [start_s, end_s) by its presentation time, relative to the stream's first
+    frame). A first pass reads packet timestamps only; the second decodes and keeps the chosen frames, so memory
+    grows with the frames kept. Width x height x frames over max_pixels (0 = no limit) is refused before decoding.
+    Rotation metadata (phone footage) is applied. Raises VideoReadError for anything unreadable or refused.
+    """
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError("no video stream")
+            stream = container.streams.video[0]
+            keys, durations = _timeline(container, stream)
+        if not keys:
+            raise VideoReadError("no frames")
+        times = np.concatenate([[0.0], np.cumsum(durations)[:-1]]) / 1000.0  # (N,) seconds from the first frame
+        lo = 0 if start_s is None else int(np.searchsorted(times, start_s, side="left"))
+        hi = len(keys) if end_s is None else int(np.searchsorted(times, end_s, side="left"))
+        if hi <= lo:
+            span = f"from {start_s or 0:g}s" + ("" if end_s is None else f" to {end_s:g}s")
+            raise VideoReadError(f"no frames {span} (the video lasts {sum(durations) / 1000:.2f}s)")
+        keys, durations = keys[lo:hi], durations[lo:hi]
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if max_pixels and w * h * len(keys) > max_pixels:
+            raise VideoReadError(f"{len(keys)} frames of {w}x{h} = {w * h * len(keys) / 1e6:,.0f}M pixels, over the "
+                                 f"{max_pixels / 1e6:,.0f}M of data.max_clip_pixels")
+        wanted = list(range(len(keys))) if choose is None else list(choose(durations))
+        kept = _decode(path, keys, lo, sorted(set(wanted)))
+    except VideoReadError:
+        raise
+    except Exception as e:  # FFmpeg errors come as many types (InvalidDataError, OSError, EOFError, ...)
+        raise VideoReadError(_short(e)) from e
+    return np.stack([kept[i] for i in wanted]), durations
+
+
+def _decode(path: str, keys: list[int | None], offset: int, wanted: list[int]) -> dict[int, np.ndarray]:
+    """The frames at the sorted timeline positions `wanted` (0 = keys[0], the first frame after the trim). A frame the
+    decoder drops is replaced by the last one decoded before it (what a player would still show), or at the very
+    start by the first one decoded."""
+    index = {k: n for n, k in enumerate(keys)} if keys[0] is not None else None
+    out, p, prev = {}, 0, None
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if index is not None and offset:  # jump to the keyframe before the trim instead of decoding from the start
+            container.seek(keys[0], stream=stream, backward=True)
+        for k, frame in enumerate(container.decode(stream)):
+            if index is not None:
+                if frame.pts is not None and frame.pts > keys[-1]:
+                    break
+                i = index.get(frame.pts, -1)
+            else:
+                i = k - offset
+            if i < 0:
+                continue
+            if wanted[p] <= i:
+                rgb = _rgb(frame)
+                while p < len(wanted) and wanted[p] <= i:
+                    out[wanted[p]] = rgb if wanted[p] == i or prev is None else _rgb(prev)
+                    p += 1
+                if p == len(wanted):
+                    break
+            prev = frame
+    if not out and prev is None:
+        raise VideoReadError("no frame could be decoded")
+    for i in wanted[p:]:  # past the last decoded frame: it stays on screen
+        out[i] = _rgb(prev) if prev is not None else out[max(out)]
+    return out
+
+
+def _rgb(frame) -> np.ndarray:
+    """(H, W, 3) uint8 of a decoded frame, turned upright by its rotation metadata."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
+
+
+def write_video(path: str, frames: np.ndarray, fps: float = 25.0, crf: int = 18) -> None:
+    """Write (T, H, W, 3) uint8 frames as an H.264 mp4 (yuv420p, so sides are padded to even sizes), atomically."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"write_video expects (T, H, W, 3) uint8 frames, got {frames.dtype} {frames.shape}")
+    T, H, W, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")  # yuv420p needs even sides
+    with atomic_write(path) as f:
+        with av.open(f, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=round(fps))
+            stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "medium"}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+
+
+def is_video(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES
