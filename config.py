@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -19,12 +21,13 @@ class ConfigError(UserError):
     """A configuration mistake, naming the field."""
 
 
+REST_THRESHOLD = 2.0  # data.trim_still of the real-data presets: mean |frame change| (0-255) of a resting signer
 DEMO_DATA_DIR = "training_data/synthetic"  # the only folder the synthetic set is ever written into unasked
 MAX_FRAMES = 512  # clip length bound: 512 frames of 512x512 already take 400 MB per clip
 MAX_IMAGE_SIZE = 1024  # frame size bound: beyond any pixel-space video model, and its clips would not fit in memory
 # field -> smallest allowed value (the ranges with an upper bound too are checked in Config.validate)
 MINIMUMS = {
-    "data.max_clip_pixels": 1, "data.synth_num": 1, "data.synth_holdout": 0, "data.synth_seed": 0,
+    "data.max_clip_pixels": 1, "data.trim_still": 0, "data.synth_num": 1, "data.synth_holdout": 0, "data.synth_seed": 0,
     "text.max_length": 2, "model.frame_chunk_size": 1, "diffusion.timesteps": 2, "diffusion.eta": 0,
     "diffusion.min_snr_gamma": 0, "diffusion.motion_weight": 0, "diffusion.guidance_scale": 0, "train.epochs": 1,
     "train.max_steps": 0, "train.batch_size": 1, "train.grad_accum": 1, "train.weight_decay": 0, "train.grad_clip": 0,
@@ -36,14 +39,16 @@ MINIMUMS = {
 
 @dataclass
 class DataConfig:
-    data_dir: str = "training_data"  # flat folder of <name>.gif + <name>.txt caption pairs
-    num_frames: int = 16  # frames per clip, sampled evenly over the whole GIF
+    data_dir: str = "training_data"  # flat folder of <name>.gif / video + <name>.txt caption pairs
+    num_frames: int = 16  # frames per clip, sampled evenly over the whole clip's playing time
     image_size: int = 64  # square training resolution
     resize_mode: str = "pad"  # "pad" keeps the whole signer (letterbox); "crop" fills the frame
     val_fraction: float = 0.05  # deterministic share of clips held out for validation
     cache_dir: str = "cache"  # decoded uint8 clips and caption embeddings, keyed by content + settings
-    allow_stills: bool = False  # keep 1-frame GIFs (a still image teaches no motion: skipped by default)
-    max_clip_pixels: int = 1_000_000_000  # width x height x frames a GIF may declare; refused undecoded above
+    allow_stills: bool = False  # keep 1-frame clips (a still image teaches no motion: skipped by default)
+    max_clip_pixels: int = 1_000_000_000  # width x height x frames a clip may declare; refused undecoded above
+    caption_normalize: bool = False  # lower-case, drop punctuation: "Thank you." and "thank you" become one caption
+    trim_still: float = 0.0  # drop end frames changing less than this (mean |diff|, 0-255) from the next: rest poses
     synth_if_missing: bool = False  # write the built-in synthetic set when data_dir is DEMO_DATA_DIR and has no clips
     synth_num: int = 600  # clips written when synth_if_missing triggers
     synth_seed: int = 0  # seed of that synthetic set (deterministic content)
@@ -106,7 +111,7 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard logs under log_dir (false: no run folder, no logging cost)
     sample_every: int = 1000  # optimizer steps between sample GIFs (0 = only at the end)
     checkpoint_every: int = 1000  # optimizer steps between kept step_N.pt checkpoints (latest.pt is refreshed too)
-    sample_prompts: tuple[str, ...] = ("hello", "thank you")  # captions sampled during training
+    sample_prompts: tuple[str, ...] = ("hello", "thank you")  # captions sampled in training (empty: the data's top 3)
     checkpoint_dir: str = "checkpoints"  # root of per-experiment checkpoint folders
     log_dir: str = "logs"  # root of per-experiment TensorBoard runs
     sample_dir: str = "generated_samples"  # root of per-experiment sample GIFs
@@ -197,22 +202,47 @@ def demo() -> Config:
     The recipe that won the 10-minute race (README, "The architecture race"): a 0.96M-parameter space-time U-Net,
     8 frames of 32x32, v-prediction with a plain (not min-SNR) loss, so the noisiest steps, where the caption
     decides what moves where, keep their full weight, motion-weighted pixels (the hands carry the caption), and
-    the text-alignment prior (each frame reads its caption words in order). A short EMA: a 0.995 EMA lags too far
-    behind 1000 fast-moving steps.
+    the text-alignment prior (each frame reads its caption words in order), and noise 90% shared by a clip's frames
+    (what an undertrained model leaves of it flickers less). A short EMA: a 0.995 EMA lags too far behind 1000
+    fast-moving steps.
     """
     cfg = Config()
     cfg.data = DataConfig(data_dir=DEMO_DATA_DIR, num_frames=8, image_size=32, val_fraction=0.05,
                           synth_if_missing=True, synth_holdout=24)
     cfg.text = TextConfig(encoder="all-MiniLM-L6-v2", max_length=16)
     cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)
-    cfg.diffusion = DiffusionConfig(prediction="v", motion_weight=3.0, guidance_scale=5.0)
+    cfg.diffusion = DiffusionConfig(prediction="v", motion_weight=3.0, frame_noise_correlation=0.9, guidance_scale=5.0)
     cfg.train = TrainConfig(exp_name="demo", epochs=1000, max_steps=1000, batch_size=8, lr=1e-3,
                             warmup_steps=100, ema_decay=0.99, log_every=10, sample_every=500,
                             checkpoint_every=500, sample_prompts=("hello", "thank you", "yes no please"))
     return cfg
 
 
-PRESETS: dict[str, typing.Callable[[], Config]] = {"tinyfusion": tinyfusion, "demo": demo}
+def real() -> Config:
+    """Your own sign footage in training_data/ (GIFs or videos + captions): the demo's recipe at 16 frames of 64x64,
+    where a signer's hands are several pixels wide (at 32x32 they are 1-2), on the 3.4M-parameter U-Net. Captions
+    normalised (case, punctuation), rest poses at both ends trimmed, prompts from the data's own captions."""
+    cfg = demo()
+    cfg.data = DataConfig(data_dir="training_data", num_frames=16, image_size=64, caption_normalize=True,
+                          trim_still=REST_THRESHOLD)
+    cfg.model = ModelConfig(arch="UNet3D-Demo", text_alignment=True)
+    cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=20000, batch_size=8, lr=5e-4, warmup_steps=500,
+                            ema_decay=0.999, sample_every=2000, checkpoint_every=2000, sample_prompts=())
+    return cfg
+
+
+def real_large() -> Config:
+    """`real` at 16 frames of 128x128 on the 93.5M-parameter U-Net, in bf16 on a GPU (a CPU step takes minutes)."""
+    cfg = real()
+    cfg.data.image_size = 128
+    cfg.model = ModelConfig(arch="UNet3D-B", text_alignment=True)
+    cfg.train = dataclasses.replace(cfg.train, exp_name="real-large", max_steps=100000, batch_size=16, lr=2e-4,
+                                    warmup_steps=1000, ema_decay=0.9999, sample_every=5000, checkpoint_every=5000)
+    return cfg
+
+
+PRESETS: dict[str, typing.Callable[[], Config]] = {"tinyfusion": tinyfusion, "demo": demo, "real": real,
+                                                   "real-large": real_large}
 DEFAULT_PRESET = "demo"
 
 
@@ -293,11 +323,26 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def build_config(preset: str, overrides: list[str] | None = None) -> Config:
+    """A preset with --set overrides. Pointed at another data folder, a preset does not keep the experiment name and
+    sample prompts made for its own data (the run would overwrite that data's checkpoints and sample captions that
+    are not in the user's set) unless those are set too: the name gains the folder's, the prompts come from the data."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}' (choices: {', '.join(PRESETS)})")
+    base = PRESETS[preset]()
     cfg = apply_overrides(PRESETS[preset](), overrides or [])
+    if os.path.normpath(cfg.data.data_dir) != os.path.normpath(base.data.data_dir):
+        if cfg.train.exp_name == base.train.exp_name:
+            cfg.train.exp_name = f"{base.train.exp_name}_{folder_tag(cfg.data.data_dir)}"
+        if cfg.train.sample_prompts == base.train.sample_prompts:
+            cfg.train.sample_prompts = ()
     cfg.validate()
     return cfg
+
+
+def folder_tag(folder: str) -> str:
+    """A folder's last name as an experiment-name part: letters, digits, '-', '_' and '.' only."""
+    name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "data"
 
 
 def format_config(cfg: Config) -> str:

@@ -1,17 +1,18 @@
-"""Sign-language clip + caption dataset: discover, decode once, cache, hold in memory as uint8.
+"""Sign-language clip + caption dataset: discover, decode once into the clip store, read batch by batch.
 
 Which files are clips and captions, what is skipped and the train/val split are data/folder.py's rules. Each clip (a
 GIF or a video file) is decoded once (`load_clip`): `num_frames` frames sampled evenly over the clip's playback TIME
 (per-frame durations or timestamps, so a held pose counts for as long as it is shown and variable frame rates are
 respected), converted to RGB, resized aspect-preserving to `image_size x image_size` (never a blind center crop that
-cuts off hands), and cached on disk as a uint8 .npy keyed by the file's bytes and these settings. The split's clips
-live in one uint8 tensor (N, T, H, W, 3); `get_batch` turns an index tensor into a float (B, 3, T, H, W) batch in
-[-1, 1] in one shot.
+cuts off hands), and stored as uint8 in the on-disk clip store (data/clip_store.py), keyed by the file's bytes and
+these settings. Memory does not grow with the data set: `get_batch` reads the batch's clips from the store and turns
+them into a float (B, 3, T, H, W) batch in [-1, 1].
 """
 from __future__ import annotations
 
-import hashlib
+import collections
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -20,15 +21,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from config import DataConfig
+from data.clip_store import ClipStore, ClipView, content_hash
 from data.folder import HOW_TO_GET_DATA, DataError, find_pairs, select_split, shown, warn_skipped
-from utils.atomic import atomic_write
-from utils.device import available_memory, format_bytes
+from utils.device import format_bytes
 from utils.gif import GifReadError, read_gif
 from utils.pixels import to_unit_range
 from utils.video import is_video, read_video
 
-CACHE_VERSION = 2  # bump when decoding/preprocessing changes so stale cache entries are not reused
+CACHE_VERSION = 3  # bump when decoding/preprocessing changes so stale cache entries are not reused
 RESIZE_MODES = ("pad", "crop")
+SCAN_FRAMES = 64  # frames data.trim_still judges: all of a short clip, evenly by time over a longer one
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -90,15 +92,39 @@ def resize_frames(frames: np.ndarray, image_size: int, resize_mode: str) -> np.n
     return out
 
 
+def moving_span(frames: np.ndarray, threshold: float) -> tuple[int, int]:
+    """(first, last) index of frames (N, h, w, 3) once the still frames at both ends are dropped: an end frame goes
+    while its mean absolute change (0-255, grey) to the next frame inwards is below threshold. A clip where nothing
+    changes that much is kept whole."""
+    grey = frames.astype(np.float32).mean(axis=3)  # (N, h, w)
+    change = np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))  # (N-1,): frame i -> i+1
+    moving = np.flatnonzero(change >= threshold)
+    return (0, len(frames) - 1) if not moving.size else (int(moving[0]), int(moving[-1]) + 1)
+
+
+def scan_indices(durations: list[float]) -> list[int]:
+    """The frames data.trim_still judges: every frame of a short clip, SCAN_FRAMES evenly by time of a longer one."""
+    n = len(durations)
+    return list(range(n)) if n <= SCAN_FRAMES else sample_frame_indices(durations, SCAN_FRAMES)
+
+
 def load_clip(path: str, num_frames: int, image_size: int, resize_mode: str, max_pixels: int = 0,
-              allow_stills: bool = True) -> np.ndarray:
+              allow_stills: bool = True, trim_still: float = 0.0) -> np.ndarray:
     """Decode + preprocess one GIF or video: uint8 (num_frames, image_size, image_size, 3), decoding only the frames
-    kept.
+    kept. With trim_still, the rest poses at both ends (moving_span) are cut first, judged on every frame of a clip
+    of up to SCAN_FRAMES frames, or on SCAN_FRAMES frames evenly spread over the time of a longer one.
 
     Raises GifReadError / VideoReadError (corrupt, not that format, over max_pixels, or a still image when stills are
     not allowed); both are ValueErrors."""
     read = read_video if is_video(path) else read_gif
-    frames, durations = read(path, lambda d: sample_frame_indices(d, num_frames), max_pixels)  # (T, h, w, 3)
+    if not trim_still:
+        frames, durations = read(path, lambda d: sample_frame_indices(d, num_frames), max_pixels)  # (T, h, w, 3)
+    else:
+        frames, durations = read(path, scan_indices, max_pixels)  # (K, h, w, 3)
+        # a scanned frame of a long clip stands for an equal share of its time
+        slices = durations if len(durations) <= SCAN_FRAMES else [sum(durations) / SCAN_FRAMES] * SCAN_FRAMES
+        lo, hi = moving_span(frames, trim_still)
+        frames = frames[[lo + i for i in sample_frame_indices(slices[lo:hi + 1], num_frames)]]  # (T, h, w, 3)
     if len(durations) == 1 and not allow_stills:
         raise GifReadError("a still image (1 frame), not an animation; data.allow_stills=true keeps such files")
     return resize_frames(frames, image_size, resize_mode)
@@ -110,43 +136,33 @@ def is_constant(clip: np.ndarray) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Disk cache
-
-
-def _cache_path(cache_dir: str, path: str, dc: DataConfig) -> str:
-    """Keyed by the file's bytes and every setting that changes the decoded clip or whether it is accepted."""
-    key = f"text2sign-clip-v{CACHE_VERSION}|{dc.num_frames}|{dc.image_size}|{dc.resize_mode}|{dc.allow_stills}|"
-    h = hashlib.sha1(key.encode())
-    with open(path, "rb") as f:
-        h.update(f.read())
-    return os.path.join(cache_dir, "clips", h.hexdigest() + ".npy")
-
-
-def _read_cache(cache_file: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The cached clip, or None when absent or unusable (truncated, wrong shape/dtype): it is rebuilt."""
-    if not os.path.exists(cache_file):
-        return None
-    try:
-        arr = np.load(cache_file, allow_pickle=False)
-    except Exception:
-        return None
-    return arr if arr.dtype == np.uint8 and arr.shape == shape else None
-
-
-def _write_cache(cache_file: str, clip: np.ndarray) -> None:
-    with atomic_write(cache_file) as f:
-        np.save(f, clip, allow_pickle=False)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Dataset
 
 
-class SignDataset(torch.utils.data.Dataset):
-    """One split of a clip + caption folder, fully in memory as uint8.
+def check_disk_space(folder: str, need: int, split: str, count: int) -> None:
+    """Refuse, before decoding, a build of the clip store that the disk cannot hold."""
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "."
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise DataError(f"the {split} split's {count} new clips need {format_bytes(need)} in the clip cache "
+                        f"{folder}, {format_bytes(free)} is free there: point data.cache_dir at a larger disk, or "
+                        f"lower data.image_size or data.num_frames")
 
-    split: "train" | "val" | "all". quiet=True silences the progress bar and the skipped-files warning
-    (the `skipped` list is filled either way), e.g. for the val set built right after the train set.
+
+def clip_settings(dc: DataConfig) -> str:
+    """Every setting that changes a decoded clip or whether a file is accepted: the clip store's key."""
+    return (f"text2sign-clip-v{CACHE_VERSION}|{dc.num_frames}|{dc.image_size}|{dc.resize_mode}|{dc.allow_stills}|"
+            f"{dc.trim_still}|{dc.max_clip_pixels}")
+
+
+class SignDataset(torch.utils.data.Dataset):
+    """One split of a clip + caption folder; the decoded clips live in the on-disk clip store (data/clip_store.py),
+    read batch by batch.
+
+    split: "train" | "val" | "all". quiet=True silences the progress bar, the skipped-files warning and the summary
+    line (the `skipped` list is filled either way), e.g. for the val set built right after the train set.
     """
 
     def __init__(self, cfg: DataConfig, split: str = "train", quiet: bool = False):
@@ -154,42 +170,36 @@ class SignDataset(torch.utils.data.Dataset):
             raise ValueError(f"split must be train, val or all, got {split!r}")
         self.cfg, self.split = cfg, split
         t, s = cfg.num_frames, cfg.image_size
-        pairs, self.skipped = find_pairs(cfg.data_dir)
-        pairs = select_split(pairs, split, cfg.val_fraction)
-        need, free = len(pairs) * t * s * s * 3, available_memory(torch.device("cpu"))
-        if free is not None and need > free:  # the split is held in memory as one uint8 tensor
-            raise DataError(f"the {split} split's {len(pairs)} clips of {t} frames of {s}x{s} need "
-                            f"{format_bytes(need)} of memory, {format_bytes(free)} is available: lower data.image_size "
-                            f"or data.num_frames, or use fewer clips")
+        all_pairs, self.skipped = find_pairs(cfg.data_dir, cfg.caption_normalize)
+        pairs = select_split(all_pairs, split, cfg.val_fraction)
+        store = ClipStore(cfg.cache_dir, clip_settings(cfg), (t, s, s, 3))
+        digests = [self._digest(store, path) for path, _ in pairs]  # size + mtime, or the file's hash when new
+        misses = [i for i, d in enumerate(digests) if d and store.row(d) is None and not store.failure(d)]
+        if misses or store.needs_writing:
+            check_disk_space(store.root, len(misses) * store.record_bytes, split, len(misses))
+            with store:
+                for i in tqdm(misses, desc="decoding clips", unit="clip", disable=quiet or None, dynamic_ncols=True,
+                              leave=False):
+                    if store.row(digests[i]) is not None:  # another run sharing the cache stored it meanwhile
+                        continue
+                    try:
+                        clip = load_clip(pairs[i][0], t, s, cfg.resize_mode, cfg.max_clip_pixels, cfg.allow_stills,
+                                         cfg.trim_still)
+                    except ValueError as e:  # GifReadError / VideoReadError: corrupt / truncated / not that format
+                        store.fail(digests[i], f"unreadable: {e}")
+                        continue
+                    store.add(digests[i], clip, is_constant(clip))
+        for i, d in enumerate(digests):
+            if d and store.failure(d):
+                self.skipped.append((shown(os.path.basename(pairs[i][0])), store.failure(d)))
+        rows = [store.row(d) if d else None for d in digests]
+        keep = [i for i, r in enumerate(rows) if r is not None]
 
-        # Pass 1: hash files and load cache hits. Pass 2: decode only the misses.
-        clips: list[np.ndarray | None] = []
-        misses = []
-        for i, (path, _) in enumerate(pairs):
-            try:
-                cache_file = _cache_path(cfg.cache_dir, path, cfg)
-            except OSError as e:
-                cache_file = None
-                self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
-            clip = _read_cache(cache_file, (t, s, s, 3)) if cache_file else None
-            clips.append(clip)
-            if clip is None and cache_file:
-                misses.append((i, cache_file))
-        for i, cache_file in tqdm(misses, desc="decoding clips", unit="clip", disable=quiet or None,
-                                  dynamic_ncols=True, leave=False):
-            path = pairs[i][0]
-            try:
-                clips[i] = load_clip(path, t, s, cfg.resize_mode, cfg.max_clip_pixels, cfg.allow_stills)
-            except ValueError as e:  # GifReadError / VideoReadError: corrupt / truncated / not that format
-                self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
-                continue
-            _write_cache(cache_file, clips[i])
-
-        keep = [i for i, c in enumerate(clips) if c is not None]
         self.skipped.sort()
         if self.skipped and not quiet:
             warn_skipped(cfg.data_dir, self.skipped, len(keep), sys.stderr)
-        self.constant = [shown(os.path.basename(pairs[i][0])) for i in keep if is_constant(clips[i])]
+        constant_rows = store.constant_rows()
+        self.constant = [shown(os.path.basename(pairs[i][0])) for i in keep if rows[i] in constant_rows]
         if self.constant and not quiet:
             print(f"warning: {len(self.constant)} clip(s) in {shown(cfg.data_dir)} are constant (every frame the same),"
                   f" kept but they teach no motion: {', '.join(self.constant)}", file=sys.stderr)
@@ -201,13 +211,32 @@ class SignDataset(torch.utils.data.Dataset):
         self.paths = [pairs[i][0] for i in keep]
         self.captions = [pairs[i][1] for i in keep]
         self.caption_vocab = sorted(set(self.captions))
+        if not quiet:
+            n_val = len(select_split(all_pairs, "val", cfg.val_fraction))
+            print(f"data: {shown(cfg.data_dir)}: {len(all_pairs)} captioned clips (train {len(all_pairs) - n_val}, val "
+                  f"{n_val}); {len(keep)} {'' if split == 'all' else split + ' '}clips loaded with {len(self.caption_vocab)} distinct captions, "
+                  f"{len(self.skipped)} file(s) skipped", file=sys.stderr)
         index = {c: k for k, c in enumerate(self.caption_vocab)}
         self.caption_ids = torch.tensor([index[c] for c in self.captions], dtype=torch.long)  # (N,)
-        # one preallocated tensor: avoids a second full-size copy from np.stack
-        self.clips = torch.empty((len(keep), t, s, s, 3), dtype=torch.uint8)  # (N, T, H, W, 3)
-        for n, i in enumerate(keep):
-            self.clips[n] = torch.from_numpy(clips[i])
-            clips[i] = None  # release the numpy copy as we go
+        self.clips = ClipView(store, [rows[i] for i in keep])  # (N, T, H, W, 3) uint8, read on indexing
+
+    def _digest(self, store: ClipStore, path: str) -> str | None:
+        """path's content hash (from the store's size + mtime record when unchanged); None, with a named skip, when
+        the file cannot be read."""
+        try:
+            digest = store.stat_hash(path)
+            if digest is None:
+                digest = content_hash(path)
+                store.remember(path, digest)
+            return digest
+        except OSError as e:
+            self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
+            return None
+
+    def top_captions(self, k: int = 3) -> list[str]:
+        """The k most frequent captions (ties in caption order): sample prompts the data set itself holds."""
+        counts = collections.Counter(self.captions)
+        return sorted(self.caption_vocab, key=lambda c: (-counts[c], c))[:k]
 
     def __len__(self) -> int:
         return self.clips.shape[0]

@@ -1,4 +1,4 @@
-"""Text2Sign command line: train, sample, train-evaluator, evaluate, config, synth-data.
+"""Text2Sign command line: train, sample, train-evaluator, evaluate, config, data-stats, prepare-data, synth-data.
 
 Exit codes: 0 success, 2 usage / config / data errors (one line on stderr), 1 unexpected failure (traceback),
 130 / 143 training stopped by SIGINT (Ctrl-C) / SIGTERM after saving latest.pt (or aborted by a second signal).
@@ -85,7 +85,14 @@ def cmd_train_evaluator(args) -> int:
     from methods.configure import load_config
     from methods.evaluation.training import train_evaluator
 
-    cfg = load_config(args.preset, args.overrides + ([f"data.data_dir={args.data}"] if args.data else []))
+    overrides = args.overrides + ([f"data.data_dir={args.data}"] if args.data else [])
+    if args.checkpoint:  # the data settings (folder, frames, size, preprocessing) the model was trained with
+        from methods.checkpoint import load_checkpoint
+        from methods.configure import config_from_checkpoint
+
+        cfg = config_from_checkpoint(load_checkpoint(args.checkpoint), overrides)
+    else:
+        cfg = load_config(args.preset, overrides)
     ensure_data(cfg.data)
     info = train_evaluator(cfg)
     for name, c in info["checks"].items():
@@ -121,6 +128,42 @@ def cmd_config(args) -> int:
     from methods.configure import load_config
 
     print(format_config(load_config(args.preset, args.overrides)))
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    from methods.configure import load_config
+    from methods.data_stats import data_stats, format_report
+    from methods.experiment import check_output_dirs
+
+    if args.sheet_clips < 1:
+        raise UserError("--sheet-clips must be >= 1")
+    cfg = load_config(args.preset, args.overrides)
+    sheet = args.sheet or os.path.join(cfg.train.sample_dir, cfg.train.exp_name, "contact_sheet.png")
+    check_output_dirs({"--sheet": os.path.dirname(os.path.abspath(sheet))})
+    print(format_report(data_stats(cfg, sheet, args.sheet_clips, args.seed)))
+    return 0
+
+
+def cmd_prepare_data(args) -> int:
+    from methods.prepare_data import prepare_data
+
+    if args.workers < 1 or args.max_size < 8:
+        raise UserError("--workers must be >= 1 and --max-size >= 8")
+    options = dict(video_col=args.video_col, caption_col=args.caption_col, start_col=args.start_col,
+                   end_col=args.end_col, delimiter=args.delimiter, caption_field=args.caption_field, crop=args.crop,
+                   caption_from_stem=args.caption_from_stem)
+    s = prepare_data(args.fmt, args.manifest, args.videos, args.out, args.workers, args.max_size,
+                     args.normalize_captions, options)
+    reasons = "".join(f"\n  {n} x {why}" for why, n in s["skipped_by_reason"].items())
+    print(f"{s['out_dir']}: {s['converted']} clips converted, {s['already_done']} already there, {s['skipped']} "
+          f"skipped{':' if reasons else ''}{reasons}")
+    if s["skipped_files"]:
+        print("skipped: " + "; ".join(f"{name} ({why})" for name, why in s["skipped_files"][:20])
+              + (f"; and {len(s['skipped_files']) - 20} more" if len(s["skipped_files"]) > 20 else ""))
+    if s["sheet"]:
+        print(f"contact sheet: {s['sheet']}\nnext: python main.py data-stats --preset real --set data.data_dir="
+              f"{s['out_dir']}")
     return 0
 
 
@@ -172,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-evaluator", help="train the text<->video matching model that `evaluate` scores with")
     add_config_args(p)
-    p.add_argument("--data", default=None, metavar="DIR", help="GIF + txt folder (default: data.data_dir)")
+    p.add_argument("--data", default=None, metavar="DIR", help="clip + txt folder (default: data.data_dir)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="take the data settings and experiment from this training checkpoint instead of --preset")
     p.set_defaults(func=cmd_train_evaluator)
 
     p = sub.add_parser("evaluate", help="does a checkpoint follow the text? retrieval, Frechet, SSIM/PSNR")
@@ -191,6 +236,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration")
     add_config_args(p)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("data-stats", help="what a data folder holds (counts, captions, durations, sizes, skips) and "
+                                          "a contact sheet of clips as the model sees them")
+    add_config_args(p)
+    p.add_argument("--sheet", default=None, metavar="FILE.png",
+                   help="default: <sample_dir>/<exp>/contact_sheet.png")
+    p.add_argument("--sheet-clips", dest="sheet_clips", type=int, default=16, help="clips on the contact sheet")
+    p.add_argument("--seed", type=int, default=0, help="which clips the contact sheet shows")
+    p.set_defaults(func=cmd_data_stats)
+
+    from data.manifests import FORMATS
+
+    p = sub.add_parser("prepare-data", help="videos + a manifest (How2Sign, ASL Citizen, WLASL, PHOENIX-2014-T, "
+                                            "a CSV / JSON, or a folder) into the clip + caption folder `train` reads")
+    p.add_argument("--from", dest="fmt", required=True, choices=FORMATS)
+    p.add_argument("--manifest", default=None, metavar="PATH", help="the data set's CSV / TSV / JSON (not for folder)")
+    p.add_argument("--videos", required=True, metavar="DIR",
+                   help="the videos (PHOENIX: the split's frame folder, e.g. features/fullFrame-210x260px/train)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the caption folder to write (resumable)")
+    p.add_argument("--workers", type=int, default=1, help="processes converting clips in parallel")
+    p.add_argument("--max-size", dest="max_size", type=int, default=256, help="longer side of the written clips")
+    p.add_argument("--normalize-captions", dest="normalize_captions", action="store_true",
+                   help="lower case, punctuation out (as data.caption_normalize)")
+    p.add_argument("--video-col", dest="video_col", default=None, help="csv / json: the video file column (video)")
+    p.add_argument("--caption-col", dest="caption_col", default=None, help="csv / json: the caption column (caption)")
+    p.add_argument("--start-col", dest="start_col", default=None, help="csv: start time column (seconds)")
+    p.add_argument("--end-col", dest="end_col", default=None, help="csv: end time column (seconds)")
+    p.add_argument("--delimiter", default=None, help="csv: the separator (default: sniffed from the header)")
+    p.add_argument("--caption-field", dest="caption_field", default="translation", choices=("translation", "orth"),
+                   help="phoenix: the German sentence (translation) or the glosses (orth)")
+    p.add_argument("--crop", action="store_true", help="wlasl: crop each clip to its signer bounding box")
+    p.add_argument("--caption-from-stem", dest="caption_from_stem", action="store_true",
+                   help="folder: a video without a .txt takes its file name as caption")
+    p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("synth-data", help="write the built-in synthetic sign dataset (GIF + .txt)")
     p.add_argument("--out", default="training_data/synthetic")

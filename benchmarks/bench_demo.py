@@ -1,6 +1,8 @@
-"""Demo-preset speed: full training step vs bare forward+backward, data path throughput, peak memory.
+"""A preset's speed (the demo's by default): full training step vs bare forward+backward, data path throughput, peak
+memory.
 
-    python benchmarks/bench_demo.py [--steps 30] [--data DIR] [--set field=value ...]
+    python benchmarks/bench_demo.py [--preset demo] [--steps 30] [--warmup 3] [--clips 600] [--data DIR] \
+        [--set field=value ...]
 
 Writes nothing outside a temp folder (besides the data cache of DIR, if it is new). Prints its figures.
 """
@@ -25,19 +27,23 @@ from methods.train_stats import peak_rss_mb  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="demo")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--data", default=None, help="GIF folder (default: a fresh 600-clip synthetic set)")
+    p.add_argument("--warmup", type=int, default=3, help="steps run before timing (allocator, first calls)")
+    p.add_argument("--clips", type=int, default=600, help="clips of the synthetic set written when --data is not given")
+    p.add_argument("--data", default=None, help="clip folder (default: a fresh synthetic set at the preset's size)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="t2s_bench_")
     data = args.data or os.path.join(tmp, "data")
     if not args.data:
-        write_dataset(data, 600, seed=0)
+        shape = load_config(args.preset, args.overrides).data
+        write_dataset(data, args.clips, seed=0, size=max(64, shape.image_size), num_frames=max(24, shape.num_frames))
     overrides = [f"data.data_dir={data}", f"data.cache_dir={os.path.join(tmp, 'cache')}",
                  f"train.checkpoint_dir={tmp}/ck", f"train.log_dir={tmp}/logs", f"train.sample_dir={tmp}/s",
                  "train.sample_every=0", "train.max_steps=100000", "train.checkpoint_every=100000",
                  *args.overrides]
-    cfg = load_config("demo", overrides)
+    cfg = load_config(args.preset, overrides)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {cfg.model.arch}, "
           f"batch {cfg.train.batch_size}, clip {cfg.data.num_frames}x{cfg.data.image_size}x{cfg.data.image_size}")
 
@@ -56,12 +62,12 @@ def main() -> None:
           f"clips/s, get_batch {len(idx) / batch_s:.0f} clips/s")
 
     trainer = Trainer(cfg, quiet=True)
-    trainer.train(stop_at=3)  # warm-up (allocator, first-call overheads)
+    trainer.train(stop_at=args.warmup)  # warm-up (allocator, first-call overheads)
     t0 = time.perf_counter()
     trainer.save("bench.pt")
     save_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    trainer.train(stop_at=3 + args.steps)
+    trainer.train(stop_at=args.warmup + args.steps)
     full_s = (time.perf_counter() - t0 - save_s) / args.steps  # train() ends with one latest.pt write
 
     videos, text = trainer.next_batch()
@@ -70,13 +76,13 @@ def main() -> None:
     noise = torch.randn_like(videos)
     drop = torch.zeros(videos.shape[0], dtype=torch.bool)
     times = []
-    for i in range(args.steps + 3):
+    for i in range(args.steps + args.warmup):
         t0 = time.perf_counter()
         out = diffusion.training_losses(model, videos, t, noise, text_tokens=text.tokens, text_mask=text.mask,
                                         pooled=text.pooled, drop=drop)
         out["loss"].backward()
         model.zero_grad(set_to_none=True)
-        if i >= 3:
+        if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     bare_s = sum(times) / len(times)
     print(f"train step (data + fwd/bwd + clip + AdamW + EMA + logging): {full_s * 1000:.0f} ms = "

@@ -54,6 +54,14 @@ def caption_words(caption: str) -> list[str]:
     return re.findall(r"\w+", caption.lower())
 
 
+def normalize_caption(caption: str) -> str:
+    """data.caption_normalize: lower case, apostrophes dropped ("don't" -> "dont"), other punctuation and symbols as
+    word breaks, whitespace collapsed: "Thank you." and "thank  you" are one caption."""
+    text = caption.lower().replace("'", "").replace("\u2019", "")
+    text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text)
+    return " ".join(text.split())
+
+
 def shown(name: str) -> str:
     """A file name as one printable line: undecodable bytes as \\xNN, control characters escaped."""
     text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -104,8 +112,9 @@ def read_caption(path: str) -> tuple[str | None, str | None]:
     return caption, None
 
 
-def find_pairs(data_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(clip_path, caption) pairs sorted by file name, and (shown file name, reason) for everything skipped."""
+def find_pairs(data_dir: str, normalize: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(clip_path, caption) pairs sorted by file name, and (shown file name, reason) for everything skipped; normalize
+    applies normalize_caption."""
     expected = (f"expected a folder of <name>.gif or video clips ({', '.join(VIDEO_SUFFIXES)}) each with a "
                 f"<name>.txt caption; {HOW_TO_GET_DATA}")
     if not os.path.isdir(data_dir):
@@ -138,6 +147,9 @@ def find_pairs(data_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, st
             skipped.append((shown(name), f"no caption{f' ({other}.txt differs in case)' if other else ''}"))
             continue
         caption, why = read_caption(os.path.join(data_dir, captions[stem]))
+        if caption and normalize:
+            caption = normalize_caption(caption)
+            why = None if caption else "empty caption after data.caption_normalize (punctuation only)"
         if why:
             skipped.append((shown(name), why))
         else:

@@ -102,7 +102,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, tc.precision)
         self.data = SignDataset(cfg.data, "train", quiet=quiet)
         # Prompts are embedded alongside the training captions, so sampling never loads the encoder again.
-        self.captions = CaptionTable(list(self.data.caption_vocab), list(tc.sample_prompts))
+        prompts = list(tc.sample_prompts) or self.data.top_captions(3)  # empty: captions the data set holds
+        self.captions = CaptionTable(list(self.data.caption_vocab), prompts)
         self.text = embed_captions(cfg.text.encoder, cfg.text.max_length, self.captions.names,
                                    cfg.data.cache_dir).to(self.device)
         self.text_dim = self.text.pooled.shape[1]

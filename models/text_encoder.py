@@ -98,10 +98,12 @@ class FrozenTextEncoder:
     def encode(self, captions: list[str], batch_size: int = 64) -> TextEmbeddings:
         """Encode captions; sequences are padded to the longest one (at most max_length tokens)."""
         lengths = [len(self.tokenizer(c)["input_ids"]) for c in captions]
-        too_long = sum(n > self.max_length for n in lengths)
+        too_long = [(c, n) for c, n in zip(captions, lengths) if n > self.max_length]
         if too_long:
-            print(f"warning: {too_long} caption(s) longer than text.max_length={self.max_length} tokens were "
-                  f"truncated", file=sys.stderr)
+            named = "; ".join(f"{c[:60]!r}{'...' if len(c) > 60 else ''} ({n} tokens)" for c, n in too_long[:5])
+            more = f"; and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+            print(f"warning: {len(too_long)} caption(s) longer than text.max_length={self.max_length} tokens were "
+                  f"truncated (raise text.max_length to keep their last words): {named}{more}", file=sys.stderr)
         width = min(max(lengths, default=2), self.max_length)
         tokens, masks, pooled = [], [], []
         for i in range(0, len(captions), batch_size):

@@ -1,4 +1,5 @@
 """atomic_write: all of a file or none of it, no temp file left behind, plain permissions."""
+import json
 import os
 import stat
 
@@ -41,7 +42,7 @@ def test_a_failure_keeps_the_old_file_and_removes_the_temp_file(tmp_path, exc):
 
 def test_every_writer_uses_it(tmp_path, monkeypatch):
     """Checkpoints, GIFs, the clip cache and the text-embedding cache all fail the same clean way."""
-    import dataset
+    from data.clip_store import ClipStore
     from models import text_encoder
 
     def exploding(obj, f, *args, **kwargs):  # torch.save(obj, f)
@@ -51,9 +52,18 @@ def test_every_writer_uses_it(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", exploding)
     with pytest.raises(OSError):
         save_checkpoint(str(tmp_path / "a.pt"), {"ema": {}})
-    monkeypatch.setattr(np, "save", lambda f, arr, **kw: exploding(arr, f))
-    with pytest.raises(OSError):
-        dataset._write_cache(str(tmp_path / "clips" / "c.npy"), np.zeros((1, 2, 2, 3), np.uint8))
+    store_dir = tmp_path.parent / (tmp_path.name + "_store")  # its array file may keep unpublished bytes
+    with monkeypatch.context() as m:
+        def exploding_json(obj, f, **kwargs):
+            f.write('{"partial')
+            raise OSError("no space left on device")
+
+        m.setattr(json, "dump", exploding_json)
+        with pytest.raises(OSError):
+            with ClipStore(str(store_dir), "s", (1, 2, 2, 3)) as store:
+                store.add("h", np.zeros((1, 2, 2, 3), np.uint8), False)
+    assert sorted(n for n in os.listdir(store.root) if not n.startswith("clips-")) == [".lock"]  # no index
+    assert ClipStore(str(store_dir), "s", (1, 2, 2, 3)).row("h") is None  # nothing published is trusted
     monkeypatch.setattr("utils.gif.gif_bytes", lambda *a, **k: b"GIF89a")
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("read-only")))
     with pytest.raises(OSError):

@@ -1,5 +1,6 @@
 """Tests for dataset.py and utils.gif.read_gif on small GIFs written into tmp_path."""
 import dataclasses
+import json
 import os
 import struct
 
@@ -46,6 +47,11 @@ def make_set(folder, n, size=16, frames=4, captions=None):
         caption = captions[k] if captions else f"sign {k % 3}"
         with open(os.path.join(folder, f"clip{k:03d}.txt"), "w", encoding="utf-8") as f:
             f.write(caption + "\n")
+
+
+def warnings(capsys) -> list[str]:
+    """stderr lines without the start-up summary ("data: ...", tested on its own)."""
+    return [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("data: ")]
 
 
 def cfg_for(tmp_path, **kw):
@@ -183,8 +189,13 @@ def test_corrupt_and_uncaptioned_are_skipped_with_one_warning(tmp_path, capsys):
     lines = err.strip().splitlines()
     assert lines[0] == f"warning: skipped 3 file(s) in {data} (4 clips loaded):"
     assert lines[1] == "  blank.gif: empty caption" and lines[3] == "  orphan.gif: no caption"
-    assert lines[2].startswith("  broken.gif: unreadable: ") and len(lines) == 4
+    assert lines[2].startswith("  broken.gif: unreadable: ") and len(lines) == 5
+    assert lines[4] == f"data: {data}: 5 captioned clips (train 4, val 1); 4 clips loaded with 3 distinct captions, 3 " \
+                       f"file(s) skipped"
     assert sorted(name for name, _ in ds.skipped) == ["blank.gif", "broken.gif", "orphan.gif"]
+    # a warm start does not decode the broken file again, and still names it
+    again = SignDataset(cfg_for(tmp_path), split="all", quiet=True)
+    assert [(n, w) for n, w in again.skipped if n == "broken.gif"] == [(n, w) for n, w in ds.skipped if n == "broken.gif"]
 
 
 def test_awkward_names_links_and_captions_are_named_skips(tmp_path, capsys):
@@ -212,7 +223,7 @@ def test_awkward_names_links_and_captions_are_named_skips(tmp_path, capsys):
     ds = SignDataset(cfg_for(tmp_path), split="all")
     assert ds.captions.count("thank you") == 1  # UTF-16 with a BOM is a documented rule, not a skip
     assert len(ds) == 3
-    assert capsys.readouterr().err.strip().splitlines() == [
+    assert warnings(capsys) == [
         f"warning: skipped 12 file(s) in {data} (3 clips loaded):",
         "  away.gif: link to outside the data folder",
         "  bad\\xff.gif: file name is not valid UTF-8",  # escaped, on one line
@@ -234,7 +245,7 @@ def test_every_skip_is_listed_not_the_first_ten(tmp_path, capsys):
     for i in range(25):
         grey_ramp_gif(data / f"orphan{i:02d}.gif", 2)
     SignDataset(cfg_for(tmp_path), split="all")
-    lines = capsys.readouterr().err.strip().splitlines()
+    lines = warnings(capsys)
     assert lines[0].startswith("warning: skipped 25 file(s)") and lines[0].endswith("(1 clips loaded):")
     assert lines[1:] == [f"  orphan{i:02d}.gif: no caption" for i in range(25)]
 
@@ -280,35 +291,87 @@ def _boom(*args, **kwargs):
     raise AssertionError("decoded a GIF although the cache should have it")
 
 
+def array_file(root):
+    return root / json.loads((root / "index.json").read_text())["array"]
+
+
+def store_dirs(tmp_path):
+    return sorted(d for d in os.listdir(tmp_path / "cache") if d.startswith("clips-"))
+
+
 def test_cache_second_load_decodes_nothing(tmp_path, monkeypatch):
     make_set(tmp_path / "data", 5)
     cfg = cfg_for(tmp_path)
     first = SignDataset(cfg, split="all", quiet=True)
-    entries = os.listdir(tmp_path / "cache" / "clips")
-    assert len(entries) == 5 and all(e.endswith(".npy") for e in entries)
-    with monkeypatch.context() as m:
+    assert len(store_dirs(tmp_path)) == 1
+    root = tmp_path / "cache" / store_dirs(tmp_path)[0]
+    assert array_file(root).stat().st_size == 5 * 8 * 16 * 16 * 3
+    with monkeypatch.context() as m:  # warm start: no decode, and no file is even hashed (size + mtime match)
         m.setattr(dataset, "read_gif", _boom)
         m.setattr(dataset, "load_clip", _boom)
+        m.setattr(dataset, "content_hash", _boom)
         second = SignDataset(cfg, split="all", quiet=True)
-    assert torch.equal(first.clips, second.clips) and first.captions == second.captions
+    assert torch.equal(first.clips[:], second.clips[:]) and first.captions == second.captions
 
-    # new settings -> new entries; old ones stay valid
+    # new settings -> a new store; the old one stays valid
     bigger = SignDataset(cfg_for(tmp_path, image_size=24), split="all", quiet=True)
-    assert bigger.clips.shape == (5, 8, 24, 24, 3)
-    assert len(os.listdir(tmp_path / "cache" / "clips")) == 10
+    assert bigger.clips.shape == (5, 8, 24, 24, 3) and len(store_dirs(tmp_path)) == 2
 
-    # a corrupt entry is ignored and rebuilt (exactly one decode)
-    victim = tmp_path / "cache" / "clips" / entries[0]
-    victim.write_bytes(b"garbage")
+    # a file touched but unchanged is re-hashed, not decoded; a renamed copy finds its row by content
+    os.utime(tmp_path / "data" / "clip000.gif", ns=(1, 1))
+    (tmp_path / "data" / "clip001.gif").rename(tmp_path / "data" / "clip009.gif")
+    (tmp_path / "data" / "clip001.txt").rename(tmp_path / "data" / "clip009.txt")
+    with monkeypatch.context() as m:
+        m.setattr(dataset, "load_clip", _boom)
+        moved = SignDataset(cfg, split="all", quiet=True)
+    assert torch.equal(moved.clips[4], first.clips[1])
+
+    # an unreadable index or an array shorter than the index says: the store is rebuilt, never trusted
     calls = []
     real = dataset.load_clip
     monkeypatch.setattr(dataset, "load_clip", lambda *a: calls.append(a) or real(*a))
-    third = SignDataset(cfg, split="all", quiet=True)
-    assert len(calls) == 1 and torch.equal(first.clips, third.clips)
-    assert np.load(victim).shape == (8, 16, 16, 3)
+    for damage in ("index", "array"):
+        if damage == "index":
+            (root / "index.json").write_text("{garbage")
+        else:
+            with open(array_file(root), "r+b") as f:
+                f.truncate(3 * 8 * 16 * 16 * 3)
+        calls.clear()
+        again = SignDataset(cfg, split="all", quiet=True)
+        assert len(calls) == 5 and torch.equal(again.clips[:], moved.clips[:]), damage
 
 
-# ---------------------------------------------------------------------------------------------- tensors
+def test_an_interrupted_cache_build_leaves_nothing_trusted(tmp_path, monkeypatch):
+    """A build killed after some clips were appended: the next run keeps what the index published (flushed every
+    FLUSH_EVERY clips) and cuts off the rest before appending."""
+    import data.clip_store as clip_store
+
+    make_set(tmp_path / "data", 5)
+    cfg = cfg_for(tmp_path)
+    monkeypatch.setattr(clip_store, "FLUSH_EVERY", 2)
+    real, calls = dataset.load_clip, []
+
+    def dies_at_the_fifth(*args):
+        calls.append(args)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(dataset, "load_clip", dies_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        SignDataset(cfg, split="all", quiet=True)
+    root = tmp_path / "cache" / store_dirs(tmp_path)[0]
+    record = 8 * 16 * 16 * 3
+    assert json.loads((root / "index.json").read_text())["rows"] == 4  # two flushes of 2
+    with open(array_file(root), "ab") as f:
+        f.write(b"\xff" * (record // 2))  # the half-written record of a crash mid-append
+    calls.clear()
+    monkeypatch.setattr(dataset, "load_clip", lambda *a: calls.append(a) or real(*a))
+    ds = SignDataset(cfg, split="all", quiet=True)
+    assert len(calls) == 1 and array_file(root).stat().st_size == 5 * record
+    fresh = tmp_path / "fresh"
+    assert torch.equal(ds.clips[:], SignDataset(dataclasses.replace(cfg, cache_dir=str(fresh)), "all", quiet=True).clips[:])
+
 
 def test_value_mapping_exact():
     x = torch.tensor([0, 1, 127, 128, 254, 255], dtype=torch.uint8).view(1, 1, 6, 1).expand(1, 1, 6, 3)
@@ -419,7 +482,7 @@ def test_hostile_and_useless_files_are_not_training_data(tmp_path, capsys):
     assert (data / "bomb.gif").stat().st_size < 7000
     ds = SignDataset(cfg_for(tmp_path), split="all")
     assert sorted(ds.captions) == ["clear", "sign 0", "sign 1"] and ds.constant == ["clear.gif"]
-    err = capsys.readouterr().err.strip().splitlines()
+    err = warnings(capsys)
     assert err == [f"warning: skipped 4 file(s) in {data} (3 clips loaded):",
                    "  bomb.gif: unreadable: declares 300 frames of 2048x2048 = 1,258M pixels, over the 1,000M of "
                    "data.max_clip_pixels",
@@ -442,10 +505,16 @@ def test_only_the_kept_frames_are_decoded(tmp_path, monkeypatch):
     assert frame_ids(clip) == [0, 13, 26, 39] and len(converted) == 4  # 4 of 40 frames kept in memory
 
 
-def test_a_split_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+def test_a_cache_the_disk_cannot_hold_is_refused_before_decoding(tmp_path, monkeypatch):
     make_set(tmp_path / "data", 3)
-    monkeypatch.setattr(dataset, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(dataset.shutil, "disk_usage", lambda path: shutil_usage(1000))
     monkeypatch.setattr(dataset, "load_clip", _boom)
-    with pytest.raises(DataError, match=r"the all split.s 3 clips of 8 frames of 16x16 need 0 MB of memory, "
-                                        r"0 MB is available: lower data.image_size"):
+    with pytest.raises(DataError, match=r"the all split.s 3 new clips need 0 MB in the clip cache .*, 0 MB is free "
+                                        r"there: point data.cache_dir at a larger disk"):
         SignDataset(cfg_for(tmp_path), split="all", quiet=True)
+
+
+def shutil_usage(free):
+    import collections
+
+    return collections.namedtuple("usage", "total used free")(free, 0, free)

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -292,3 +293,23 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
         [(r["caption"], r["generated_ranks"]) for r in held[1]["per_caption"]]
     for key in ("ssim", "psnr", "frechet_distance", "temporal_change_generated"):  # batching may move the last bits
         assert held[0][key] == pytest.approx(held[1][key], abs=1e-4), key
+
+    # An evaluator trained under other preprocessing is refused in one line naming the mismatch and the cure, which
+    # takes the checkpoint's data settings.
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    for args, needle in ((["--data", str(other)], f"data.data_dir={str(data)!r} (not {str(other)!r})"),
+                         (["--evaluator", str(tmp_path / "old.pt")], "data.resize_mode='crop' (not 'pad')")):
+        if "--evaluator" in args:
+            state = torch.load(tmp_path / "checkpoints" / "tiny" / "evaluator.pt", weights_only=True)
+            torch.save({**state, "resize_mode": "crop"}, tmp_path / "old.pt")
+        assert main.main(["evaluate", "--checkpoint", ckpt, *args]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and f"train-evaluator --checkpoint {ckpt}" in err and len(err.strip().splitlines()) == 1
+    r = run("train-evaluator", "--checkpoint", ckpt, "--set", "eval.evaluator_steps=2", "--set", "eval.evaluator_dim=8",
+            "--data", str(other), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    state = torch.load(r.stdout.strip(), weights_only=True)
+    trained = torch.load(ckpt, weights_only=True)["config"]["data"]
+    assert (state["data_dir"], state["hparams"]["num_frames"], state["hparams"]["image_size"], state["resize_mode"]) == \
+        (str(other), trained["num_frames"], trained["image_size"], trained["resize_mode"])

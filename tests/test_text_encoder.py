@@ -24,6 +24,7 @@ def test_long_captions_are_truncated_with_one_warning(tiny_encoder, capsys):
     assert emb.tokens.shape[1] == 4
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "1 caption(s)" in err
+    assert "'yes no please help more' (7 tokens)" in err and "hello" not in err  # [CLS] 5 words [SEP]
 
 
 def test_embeddings_are_cached_on_disk(tiny_encoder, tmp_path, monkeypatch):

@@ -33,6 +33,16 @@ def safe_filename(text: str, max_len: int = 60) -> str:
     return f"{stem}_{digest}" if stem else f"u{digest}"
 
 
+def _durations(im) -> list[float]:
+    """Every frame's display time in ms, as browsers play it (no delay or <= 10 ms: DEFAULT_DURATION_MS)."""
+    durations = []
+    for i in range(im.n_frames):
+        im.seek(i)
+        d = im.info.get("duration")
+        durations.append(float(d) if isinstance(d, (int, float)) and d > 10 else DEFAULT_DURATION_MS)
+    return durations
+
+
 def read_gif(path: str, choose=None, max_pixels: int = 0) -> tuple[np.ndarray, list[float]]:
     """Decode a GIF's frames to RGB uint8, keeping only the ones `choose(durations)` picks (all when None).
 
@@ -52,12 +62,7 @@ def read_gif(path: str, choose=None, max_pixels: int = 0) -> tuple[np.ndarray, l
             if max_pixels and w * h * n > max_pixels:
                 raise GifReadError(f"declares {n} frames of {w}x{h} = {w * h * n / 1e6:,.0f}M pixels, over the "
                                    f"{max_pixels / 1e6:,.0f}M of data.max_clip_pixels")
-            durations = []
-            for i in range(n):
-                im.seek(i)
-                durations.append(im.info.get("duration"))
-            durations = [float(d) if isinstance(d, (int, float)) and d > 10 else DEFAULT_DURATION_MS
-                         for d in durations]
+            durations = _durations(im)
             wanted = list(range(n)) if choose is None else choose(durations)
             kept = {}
             for i in sorted(set(wanted)):
@@ -80,6 +85,20 @@ def read_gif(path: str, choose=None, max_pixels: int = 0) -> tuple[np.ndarray, l
         alpha = rgba[..., 3:].astype(np.uint16)
         rgb = ((rgba[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)  # (K, H, W, 3)
     return rgb, durations
+
+
+def probe_gif(path: str) -> tuple[int, float, int, int]:
+    """(frames, seconds, width, height) without decoding pixels. Raises GifReadError."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "GIF":
+                raise GifReadError(f"not a GIF file ({im.format} data)")
+            durations = _durations(im)
+            return len(durations), sum(durations) / 1000.0, im.size[0], im.size[1]
+    except GifReadError:
+        raise
+    except Exception as e:
+        raise GifReadError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]) from e
 
 
 def gif_bytes(frames: np.ndarray, duration_ms: int = 100) -> bytes:

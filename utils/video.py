@@ -19,8 +19,9 @@ class VideoReadError(ValueError):
     """The file could not be decoded as a video (corrupt, truncated, no video stream, or declaring too much)."""
 
 
-def _short(e: Exception) -> str:
-    msg = str(e).splitlines()[0] if str(e) else ""
+def _short(e: Exception, path: str) -> str:
+    """One line of at most 120 characters; FFmpeg's messages end with the file's path, which the caller names."""
+    msg = (str(e).splitlines()[0] if str(e) else "").replace(f": '{path}'", "").replace(f"'{path}'", "the file")
     return f"{type(e).__name__}: {msg}"[:120]
 
 
@@ -44,15 +45,35 @@ def _timeline(container, stream) -> tuple[list[int | None], list[float]]:
     return pts, gaps + [last]
 
 
+def probe_video(path: str) -> tuple[int, float, int, int]:
+    """(frames, seconds, width, height) from the packets alone, nothing decoded. Raises VideoReadError."""
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError("no video stream")
+            stream = container.streams.video[0]
+            keys, durations = _timeline(container, stream)
+            w, h = stream.codec_context.width, stream.codec_context.height
+    except VideoReadError:
+        raise
+    except Exception as e:
+        raise VideoReadError(_short(e, path)) from e
+    return len(keys), sum(durations) / 1000.0, w, h
+
+
 def read_video(path: str, choose=None, max_pixels: int = 0, start_s: float | None = None,
-               end_s: float | None = None) -> tuple[np.ndarray, list[float]]:
+               end_s: float | None = None, frame_range: tuple[int, int | None] | None = None,
+               max_side: int = 0) -> tuple[np.ndarray, list[float]]:
     """Decode a video's frames to RGB uint8, keeping only those `choose(durations)` picks (all when None).
 
     Returns (kept frames (K, H, W, 3), the display duration in ms of every frame considered). start_s / end_s trim
     the timeline first (a frame belongs to [start_s, end_s) by its presentation time, relative to the stream's first
-    frame). A first pass reads packet timestamps only; the second decodes and keeps the chosen frames, so memory
-    grows with the frames kept. Width x height x frames over max_pixels (0 = no limit) is refused before decoding.
-    Rotation metadata (phone footage) is applied. Raises VideoReadError for anything unreadable or refused.
+    frame); frame_range (first, last or None = to the end; 0-based, inclusive) then keeps those frames of what is
+    left. max_side > 0 shrinks frames whose longer side exceeds it as they are decoded (area averaging), so a long
+    high-resolution segment fits in memory. A first pass reads packet timestamps only; the second decodes and keeps
+    the chosen frames, so memory grows with the frames kept. Width x height x frames over max_pixels (0 = no limit)
+    is refused before decoding. Rotation metadata (phone footage) is applied. Raises VideoReadError for anything
+    unreadable or refused.
     """
     try:
         with av.open(path) as container:
@@ -69,20 +90,30 @@ def read_video(path: str, choose=None, max_pixels: int = 0, start_s: float | Non
             span = f"from {start_s or 0:g}s" + ("" if end_s is None else f" to {end_s:g}s")
             raise VideoReadError(f"no frames {span} (the video lasts {sum(durations) / 1000:.2f}s)")
         keys, durations = keys[lo:hi], durations[lo:hi]
+        if frame_range is not None:
+            first, last = frame_range
+            stop, count = len(keys) if last is None else last + 1, len(keys)
+            keys, durations = keys[first:stop], durations[first:stop]
+            lo += first
+            if not keys:
+                raise VideoReadError(f"no frames in the frame range {first}..{last} (the video has {count} frames)")
         w, h = stream.codec_context.width, stream.codec_context.height
         if max_pixels and w * h * len(keys) > max_pixels:
             raise VideoReadError(f"{len(keys)} frames of {w}x{h} = {w * h * len(keys) / 1e6:,.0f}M pixels, over the "
                                  f"{max_pixels / 1e6:,.0f}M of data.max_clip_pixels")
         wanted = list(range(len(keys))) if choose is None else list(choose(durations))
-        kept = _decode(path, keys, lo, sorted(set(wanted)))
+        scale = min(1.0, max_side / max(w, h)) if max_side else 1.0
+        size = (max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1 else None
+        kept = _decode(path, keys, lo, sorted(set(wanted)), size)
     except VideoReadError:
         raise
     except Exception as e:  # FFmpeg errors come as many types (InvalidDataError, OSError, EOFError, ...)
-        raise VideoReadError(_short(e)) from e
+        raise VideoReadError(_short(e, path)) from e
     return np.stack([kept[i] for i in wanted]), durations
 
 
-def _decode(path: str, keys: list[int | None], offset: int, wanted: list[int]) -> dict[int, np.ndarray]:
+def _decode(path: str, keys: list[int | None], offset: int, wanted: list[int],
+            size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """The frames at the sorted timeline positions `wanted` (0 = keys[0], the first frame after the trim). A frame the
     decoder drops is replaced by the last one decoded before it (what a player would still show), or at the very
     start by the first one decoded."""
@@ -103,9 +134,9 @@ def _decode(path: str, keys: list[int | None], offset: int, wanted: list[int]) -
             if i < 0:
                 continue
             if wanted[p] <= i:
-                rgb = _rgb(frame)
+                rgb = _rgb(frame, size)
                 while p < len(wanted) and wanted[p] <= i:
-                    out[wanted[p]] = rgb if wanted[p] == i or prev is None else _rgb(prev)
+                    out[wanted[p]] = rgb if wanted[p] == i or prev is None else _rgb(prev, size)
                     p += 1
                 if p == len(wanted):
                     break
@@ -113,13 +144,16 @@ def _decode(path: str, keys: list[int | None], offset: int, wanted: list[int]) -
     if not out and prev is None:
         raise VideoReadError("no frame could be decoded")
     for i in wanted[p:]:  # past the last decoded frame: it stays on screen
-        out[i] = _rgb(prev) if prev is not None else out[max(out)]
+        out[i] = _rgb(prev, size) if prev is not None else out[max(out)]
     return out
 
 
-def _rgb(frame) -> np.ndarray:
-    """(H, W, 3) uint8 of a decoded frame, turned upright by its rotation metadata."""
-    rgb = frame.to_ndarray(format="rgb24")
+def _rgb(frame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 of a decoded frame (shrunk to size (w, h) if given), turned upright by its rotation metadata."""
+    if size is None:
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
     turns = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dataset import SignDataset
 from methods.evaluation.captions import heldout_set, pick_captions, training_captions
 from methods.evaluation.metrics import score_clips, seen_unseen
-from methods.evaluation.store import EVALUATOR_FILE, load_evaluator
+from methods.evaluation.store import EVALUATOR_FILE, check_preprocessing, load_evaluator
 from methods.sampling import SamplingSettings, generate, load_ema_model, sample_seed, warn_unknown_words
 from methods.tb_images import clip_grid, upscale
 from models.text_encoder import embed_captions
@@ -54,11 +54,8 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
         cfg.data.data_dir = data_dir
     ev_path = evaluator or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), EVALUATOR_FILE)
     ev, meta = load_evaluator(ev_path)
+    check_preprocessing(meta, cfg.data, ev_path, checkpoint)
     T, S = cfg.data.num_frames, cfg.data.image_size
-    if (meta["hparams"]["num_frames"], meta["hparams"]["image_size"]) != (T, S):
-        raise UserError(f"evaluator {ev_path} scores {meta['hparams']['num_frames']} frames of "
-                        f"{meta['hparams']['image_size']}px but the checkpoint makes {T} frames of {S}px: run "
-                        f"train-evaluator with --set data.num_frames={T} --set data.image_size={S}")
     groups = {split: SignDataset(cfg.data, split, quiet=True), "heldout": heldout_set(cfg.data)}
     picks = {name: pick_captions(ds, num_captions, seed) for name, ds in groups.items() if ds is not None}
     picks = {name: p for name, p in picks.items() if len(p[0]) >= 2}

@@ -11,6 +11,8 @@ from utils.errors import UserError
 
 KIND = "text2sign-evaluator"
 EVALUATOR_FILE = "evaluator.pt"  # written next to the experiment's checkpoints; `evaluate` looks for it there
+# data settings an evaluator was trained under; scoring clips made under others would be silently wrong
+PREPROCESSING = ("data_dir", "resize_mode", "allow_stills", "caption_normalize", "trim_still")
 
 
 def save_evaluator(path: str, model: Evaluator, **meta) -> None:
@@ -35,3 +37,22 @@ def load_evaluator(path: str, device="cpu") -> tuple[Evaluator, dict]:
     model = Evaluator(**state["hparams"])
     model.load_state_dict(state.pop("state_dict"))
     return model.to(device).eval(), state
+
+
+def check_preprocessing(meta: dict, dc, ev_path: str, checkpoint: str) -> None:
+    """The evaluator saw clips made as dc (a DataConfig) makes them: same frames, size, folder and preprocessing.
+    A setting an older evaluator file did not record is not compared."""
+    mismatches = []
+    for key in ("num_frames", "image_size"):
+        if meta["hparams"][key] != getattr(dc, key):
+            mismatches.append(f"data.{key}={meta['hparams'][key]} (not {getattr(dc, key)})")
+    for key in PREPROCESSING:
+        if key not in meta:
+            continue
+        mine, theirs = getattr(dc, key), meta[key]
+        same = os.path.realpath(mine) == os.path.realpath(theirs) if key == "data_dir" else mine == theirs
+        if not same:
+            mismatches.append(f"data.{key}={theirs!r} (not {mine!r})")
+    if mismatches:
+        raise UserError(f"evaluator {ev_path} was trained with {', '.join(mismatches)}: train one for this model with "
+                        f"`python main.py train-evaluator --checkpoint {checkpoint}`")

@@ -20,7 +20,7 @@ from dataset import SignDataset
 from methods.evaluation.captions import heldout_set, pick_captions, reversed_words
 from methods.evaluation.metrics import recall, retrieval_ranks
 from methods.evaluation.model import Evaluator, clips_to_input, reorderings, segment_shuffle
-from methods.evaluation.store import EVALUATOR_FILE, save_evaluator
+from methods.evaluation.store import EVALUATOR_FILE, PREPROCESSING, save_evaluator
 from models.text_encoder import embed_captions
 from schedulers import lr_factor
 
@@ -136,8 +136,9 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
     results = {name: check_real(model, ds, text, row, CHECK_CAPTIONS) for name, ds in checks.items()}
     results["train"] = check_real(model, train, text, row, CHECK_CAPTIONS)
     path = os.path.join(cfg.train.checkpoint_dir, cfg.train.exp_name, EVALUATOR_FILE)
-    meta = dict(text_encoder=cfg.text.encoder, max_length=cfg.text.max_length, data_dir=dc.data_dir,
-                resize_mode=dc.resize_mode, steps=steps, final_loss=float(np.mean(losses[-FINAL_LOSS_WINDOW:])),
-                checks=results, train_seconds=time.perf_counter() - t0)
+    meta = dict(text_encoder=cfg.text.encoder, max_length=cfg.text.max_length,
+                **{key: getattr(dc, key) for key in PREPROCESSING}, steps=steps,
+                final_loss=float(np.mean(losses[-FINAL_LOSS_WINDOW:])), checks=results,
+                train_seconds=time.perf_counter() - t0)
     save_evaluator(path, model, **meta)
     return {"path": path, **meta}
