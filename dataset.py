@@ -213,8 +213,9 @@ class SignDataset(torch.utils.data.Dataset):
         self.caption_vocab = sorted(set(self.captions))
         if not quiet:
             n_val = len(select_split(all_pairs, "val", cfg.val_fraction))
+            which = "" if split == "all" else split + " "
             print(f"data: {shown(cfg.data_dir)}: {len(all_pairs)} captioned clips (train {len(all_pairs) - n_val}, val "
-                  f"{n_val}); {len(keep)} {'' if split == 'all' else split + ' '}clips loaded with {len(self.caption_vocab)} distinct captions, "
+                  f"{n_val}); {len(keep)} {which}clips loaded with {len(self.caption_vocab)} distinct captions, "
                   f"{len(self.skipped)} file(s) skipped", file=sys.stderr)
         index = {c: k for k, c in enumerate(self.caption_vocab)}
         self.caption_ids = torch.tensor([index[c] for c in self.captions], dtype=torch.long)  # (N,)

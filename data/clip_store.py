@@ -4,7 +4,8 @@ memory does not grow with the number of clips and a warm start reads no clip at 
     <cache_dir>/clips-<key of the settings>/
         clips-<id>.u8  records of T*H*W*3 bytes, appended, never rewritten (index.json names the file)
         index.json   rows by content hash (with a flag for clips whose frames are all the same), and the fast path:
-                     file path -> (size, mtime_ns, content hash), so unchanged files are not re-hashed on every start
+                     absolute file path -> (size, mtime_ns, content hash), so unchanged files are not re-hashed on
+                     every start (a file reached by another path is hashed once more, then found by content)
         .lock        held while the store is written (runs sharing a cache take turns)
 
 Content-keyed: a renamed or copied file finds its row by hash, a file changed in place gets a new one. Crash-safe:
@@ -79,14 +80,14 @@ class ClipStore:
     def stat_hash(self, path: str) -> str | None:
         """The content hash recorded for path if its size and mtime are unchanged (no read), else None."""
         st = os.stat(path)
-        known = self.index["by_stat"].get(os.path.realpath(path))
+        known = self.index["by_stat"].get(os.path.abspath(path))
         return known[2] if known and known[0] == st.st_size and known[1] == st.st_mtime_ns else None
 
     def remember(self, path: str, digest: str) -> None:
         """Record path's size and mtime with its content hash (written at the next commit)."""
         st = os.stat(path)
         entry = [st.st_size, st.st_mtime_ns, digest]
-        self.index["by_stat"][os.path.realpath(path)] = self._new_stats[os.path.realpath(path)] = entry
+        self.index["by_stat"][os.path.abspath(path)] = self._new_stats[os.path.abspath(path)] = entry
 
     @property
     def needs_writing(self) -> bool:
@@ -177,9 +178,6 @@ class ClipStore:
                 raise OSError(f"clip cache {self.array_path} is shorter than its index says (row {row})")
             flat[k] = np.frombuffer(data, dtype=np.uint8)
         return out
-
-    def __getstate__(self):  # a copy (deepcopy, another process) opens its own file descriptor
-        return {**self.__dict__, "_fd": None}
 
     def __del__(self):
         if getattr(self, "_fd", None) is not None:

@@ -25,6 +25,7 @@ CLIP_SUFFIXES = (".gif",) + VIDEO_SUFFIXES  # matched case-insensitively: x.GIF 
 CAPTION_SUFFIX = ".txt"
 HELDOUT_DIR = "heldout"  # subfolder of word combinations kept out of training (`evaluate`'s unseen captions)
 HOW_TO_GET_DATA = "run `python main.py synth-data --out <dir>` for the built-in synthetic set"
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: C0 controls, DEL, C1 controls
 MAX_CAPTION_BYTES = 64 * 1024  # a caption is a sentence; anything longer is not one (and is not read whole)
 
 
@@ -73,19 +74,19 @@ def _inside(path: str, root: str) -> bool:
     return real == root or real.startswith(root + os.sep)
 
 
-def entry_problem(folder: str, name: str) -> str | None:
-    """Why a directory entry cannot be used as a clip or caption file, or None."""
+def entry_problem(folder: str, entry: os.DirEntry) -> str | None:
+    """Why a directory entry (from os.scandir, whose type needs no extra system call for plain files) cannot be used
+    as a clip or caption file, or None."""
     try:
-        name.encode("utf-8")
+        entry.name.encode("utf-8")
     except UnicodeEncodeError:
         return "file name is not valid UTF-8"
-    path = os.path.join(folder, name)
-    if os.path.islink(path):
-        if not os.path.exists(path):
+    if entry.is_symlink():
+        if not os.path.exists(entry.path):
             return "broken link"
-        if not _inside(path, folder):
+        if not _inside(entry.path, folder):
             return "link to outside the data folder"
-    if not os.path.isfile(path):
+    if not entry.is_file():
         return "not a regular file"
     return None
 
@@ -105,7 +106,7 @@ def read_caption(path: str) -> tuple[str | None, str | None]:
     except UnicodeDecodeError:
         return None, "caption is not UTF-8 (or UTF-16 with a BOM)"
     caption = " ".join(text.split())  # strip and collapse whitespace and newlines
-    if any(unicodedata.category(c) == "Cc" for c in caption):
+    if CONTROL.search(caption):
         return None, "caption has control characters"
     if not caption:
         return None, "empty caption"
@@ -119,17 +120,18 @@ def find_pairs(data_dir: str, normalize: bool = False) -> tuple[list[tuple[str, 
                 f"<name>.txt caption; {HOW_TO_GET_DATA}")
     if not os.path.isdir(data_dir):
         raise DataError(f"data folder '{data_dir}' does not exist: {expected.replace('<dir>', data_dir)}")
-    names = sorted(n for n in os.listdir(data_dir) if not n.startswith("."))
+    with os.scandir(data_dir) as listing:
+        entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
     skipped, clips, captions = [], [], {}
-    for name in names:
-        lower = name.lower()
-        if os.path.isdir(os.path.join(data_dir, name)) and not os.path.islink(os.path.join(data_dir, name)):
+    for entry in entries:
+        name, lower = entry.name, entry.name.lower()
+        if entry.is_dir(follow_symlinks=False):
             if name != HELDOUT_DIR:
                 skipped.append((shown(name) + "/", "a folder: not read (clips must sit directly in the data folder)"))
             continue
         if not lower.endswith(CLIP_SUFFIXES + (CAPTION_SUFFIX,)):
             continue
-        problem = entry_problem(data_dir, name)
+        problem = entry_problem(data_dir, entry)
         if problem:
             skipped.append((shown(name), problem))
         elif lower.endswith(CLIP_SUFFIXES):

@@ -190,12 +190,13 @@ def test_corrupt_and_uncaptioned_are_skipped_with_one_warning(tmp_path, capsys):
     assert lines[0] == f"warning: skipped 3 file(s) in {data} (4 clips loaded):"
     assert lines[1] == "  blank.gif: empty caption" and lines[3] == "  orphan.gif: no caption"
     assert lines[2].startswith("  broken.gif: unreadable: ") and len(lines) == 5
-    assert lines[4] == f"data: {data}: 5 captioned clips (train 4, val 1); 4 clips loaded with 3 distinct captions, 3 " \
-                       f"file(s) skipped"
+    assert lines[4] == (f"data: {data}: 5 captioned clips (train 4, val 1); 4 clips loaded with 3 distinct "
+                        f"captions, 3 file(s) skipped")
     assert sorted(name for name, _ in ds.skipped) == ["blank.gif", "broken.gif", "orphan.gif"]
     # a warm start does not decode the broken file again, and still names it
     again = SignDataset(cfg_for(tmp_path), split="all", quiet=True)
-    assert [(n, w) for n, w in again.skipped if n == "broken.gif"] == [(n, w) for n, w in ds.skipped if n == "broken.gif"]
+    broken = [(n, w) for n, w in ds.skipped if n == "broken.gif"]
+    assert [(n, w) for n, w in again.skipped if n == "broken.gif"] == broken
 
 
 def test_awkward_names_links_and_captions_are_named_skips(tmp_path, capsys):

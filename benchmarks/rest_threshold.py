@@ -1,0 +1,46 @@
+"""The figures behind data.trim_still's default (config.REST_THRESHOLD): how much a resting signer's frames change
+after H.264 encoding, against how much the slowest synthetic signs change.
+
+    python benchmarks/rest_threshold.py
+
+Change = mean absolute difference of consecutive frames in grey levels (0-255), the measure data.trim_still uses.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from data.synth import render_clip  # noqa: E402
+from utils.video import read_video, write_video  # noqa: E402
+
+
+def change(frames: np.ndarray) -> np.ndarray:
+    grey = frames.astype(np.float32).mean(axis=3)  # (T, H, W)
+    return np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))  # (T-1,)
+
+
+def main() -> None:
+    rng, tmp = np.random.default_rng(0), tempfile.mkdtemp(prefix="t2s_rest_")
+    for size in (128, 256):
+        clip = render_clip(["hello"], size=size, num_frames=24)
+        still = np.repeat(clip[:1], 16, axis=0).astype(np.float32)
+        for sigma in (0, 2, 4):
+            noisy = np.clip(still + rng.normal(0, sigma, still.shape), 0, 255).astype(np.uint8)
+            path = os.path.join(tmp, f"still_{size}_{sigma}.mp4")
+            write_video(path, noisy, fps=25, crf=23)
+            c = change(read_video(path)[0])
+            print(f"still signer {size}px, camera noise sigma {sigma}, H.264 crf 23: change mean {c.mean():.2f}, "
+                  f"max {c.max():.2f}; before encoding {change(noisy).mean():.2f}")
+        for words in (["hello"], ["thank", "you"], ["yes", "no", "please"]):
+            c = change(render_clip(words, size=size, num_frames=24))
+            print(f"synthetic '{' '.join(words)}' {size}px, 24 frames: change min {c.min():.2f}, "
+                  f"median {np.median(c):.2f}, max {c.max():.2f}")
+
+
+if __name__ == "__main__":
+    main()
