@@ -140,14 +140,20 @@ def _csv(manifest, videos, opts):
                       opts.get("start_col"), opts.get("end_col"))
 
 
-def _json(manifest, videos, opts):
+def _json_list(manifest: str, what: str) -> list:
+    """A JSON manifest that must hold a list (of `what`); anything else is a one-line ManifestError."""
     try:
         with open(manifest, encoding="utf-8") as f:
             entries = json.load(f)
     except (OSError, ValueError) as e:
         raise ManifestError(f"cannot read JSON manifest {manifest}: {e}") from None
     if not isinstance(entries, list):
-        raise ManifestError(f"JSON manifest {manifest} must be a list of objects")
+        raise ManifestError(f"JSON manifest {manifest} must be a list of {what}")
+    return entries
+
+
+def _json(manifest, videos, opts):
+    entries = _json_list(manifest, "objects")
     vcol, ccol = opts.get("video_col") or "video", opts.get("caption_col") or "caption"
     for i, entry in enumerate(entries):
         label = f"{os.path.basename(manifest)}[{i}]"
@@ -184,14 +190,7 @@ def _asl_citizen(manifest, videos, opts):
 
 
 def _wlasl(manifest, videos, opts):
-    try:
-        with open(manifest, encoding="utf-8") as f:
-            glosses = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ManifestError(f"cannot read WLASL manifest {manifest}: {e}") from None
-    if not isinstance(glosses, list):
-        raise ManifestError(f"WLASL manifest {manifest} must be a list of {{gloss, instances}}")
-    for entry in glosses:
+    for entry in _json_list(manifest, "{gloss, instances}"):
         for inst in entry.get("instances", []) if isinstance(entry, dict) else []:
             vid = str(inst.get("video_id", ""))
             label = f"{entry.get('gloss')} / {vid}"

@@ -45,15 +45,20 @@ def _timeline(container, stream) -> tuple[list[int | None], list[float]]:
     return pts, gaps + [last]
 
 
+def _stream_timeline(path: str) -> tuple[list[int | None], list[float], int, int]:
+    """(frame keys, durations in ms, width, height) of the first video stream, from its packets (nothing decoded)."""
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise VideoReadError("no video stream")
+        stream = container.streams.video[0]
+        keys, durations = _timeline(container, stream)
+        return keys, durations, stream.codec_context.width, stream.codec_context.height
+
+
 def probe_video(path: str) -> tuple[int, float, int, int]:
     """(frames, seconds, width, height) from the packets alone, nothing decoded. Raises VideoReadError."""
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoReadError("no video stream")
-            stream = container.streams.video[0]
-            keys, durations = _timeline(container, stream)
-            w, h = stream.codec_context.width, stream.codec_context.height
+        keys, durations, w, h = _stream_timeline(path)
     except VideoReadError:
         raise
     except Exception as e:
@@ -76,11 +81,7 @@ def read_video(path: str, choose=None, max_pixels: int = 0, start_s: float | Non
     unreadable or refused.
     """
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoReadError("no video stream")
-            stream = container.streams.video[0]
-            keys, durations = _timeline(container, stream)
+        keys, durations, w, h = _stream_timeline(path)
         if not keys:
             raise VideoReadError("no frames")
         times = np.concatenate([[0.0], np.cumsum(durations)[:-1]]) / 1000.0  # (N,) seconds from the first frame
@@ -97,7 +98,6 @@ def read_video(path: str, choose=None, max_pixels: int = 0, start_s: float | Non
             lo += first
             if not keys:
                 raise VideoReadError(f"no frames in the frame range {first}..{last} (the video has {count} frames)")
-        w, h = stream.codec_context.width, stream.codec_context.height
         if max_pixels and w * h * len(keys) > max_pixels:
             raise VideoReadError(f"{len(keys)} frames of {w}x{h} = {w * h * len(keys) / 1e6:,.0f}M pixels, over the "
                                  f"{max_pixels / 1e6:,.0f}M of data.max_clip_pixels")
