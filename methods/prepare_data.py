@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.folder import normalize_caption
+from data.folder import normalize_caption, read_caption
 from data.manifests import Job, read_manifest
 from dataset import load_clip
 from utils.atomic import atomic_write
@@ -117,11 +117,16 @@ def prepare_data(fmt: str, manifest: str | None, videos: str, out_dir: str, work
     done = sorted(n[:-4] for n in os.listdir(out_dir) if n.endswith(".txt") and
                   os.path.exists(os.path.join(out_dir, n[:-4] + ".mp4")))
     if done:
-        chosen = random.Random(0).sample(done, min(sheet_clips, len(done)))
-        clips = [load_clip(os.path.join(out_dir, n + ".mp4"), 8, 64, "pad") for n in chosen]
-        captions = [open(os.path.join(out_dir, n + ".txt"), encoding="utf-8").read().strip() for n in chosen]
-        summary["sheet"] = os.path.join(out_dir, SHEET)
-        write_png(summary["sheet"], contact_sheet(clips, captions))
+        clips, captions = [], []
+        for name in random.Random(0).sample(done, min(sheet_clips, len(done))):
+            try:  # the folder may hold clips of an earlier run or the user's edits: one that fails is not shown
+                clips.append(load_clip(os.path.join(out_dir, name + ".mp4"), 8, 64, "pad"))
+            except ValueError:
+                continue
+            captions.append(read_caption(os.path.join(out_dir, name + ".txt"))[0] or "")
+        if clips:
+            summary["sheet"] = os.path.join(out_dir, SHEET)
+            write_png(summary["sheet"], contact_sheet(clips, captions))
     return summary
 
 

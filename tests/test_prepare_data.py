@@ -52,8 +52,10 @@ def test_how2sign_precut_and_raw_videos(tmp_path):
     assert why["s_broken"].startswith("VideoReadError: InvalidDataError")
     assert s["skipped_by_reason"] == {"neither # nor # in --videos": 1, "bad time range #..#": 1, "VideoReadError": 1}
     assert os.path.isfile(s["sheet"])
+    (out / "s_pre.mp4").write_bytes(b"damaged since")  # the contact sheet shows what still decodes
     again = prepare_data("how2sign", str(manifest), str(videos), str(out), normalize=True, quiet=True)
     assert (again["converted"], again["already_done"], again["skipped"]) == (0, 2, 3)  # resumed: nothing redone
+    assert os.path.isfile(again["sheet"])
 
 
 def test_asl_citizen_and_parallel_workers(tmp_path):
