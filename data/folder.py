@@ -69,9 +69,10 @@ def shown(name: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def _inside(path: str, root: str) -> bool:
+def inside(path: str, root: str, strict: bool = False) -> bool:
+    """path, links resolved, is root or lies under it (strict: only under it)."""
     real, root = os.path.realpath(path), os.path.realpath(root)
-    return real == root or real.startswith(root + os.sep)
+    return (real == root and not strict) or real.startswith(root + os.sep)
 
 
 def entry_problem(folder: str, entry: os.DirEntry) -> str | None:
@@ -84,7 +85,7 @@ def entry_problem(folder: str, entry: os.DirEntry) -> str | None:
     if entry.is_symlink():
         if not os.path.exists(entry.path):
             return "broken link"
-        if not _inside(entry.path, folder):
+        if not inside(entry.path, folder):
             return "link to outside the data folder"
     if not entry.is_file():
         return "not a regular file"

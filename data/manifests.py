@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from data.folder import CAPTION_SUFFIX, read_caption
+from data.folder import CAPTION_SUFFIX, inside, read_caption
 from utils.errors import UserError
 from utils.gif import safe_filename
 from utils.video import VIDEO_SUFFIXES
@@ -102,8 +102,7 @@ def read_manifest(fmt: str, manifest: str | None, videos: str, opts: dict) -> tu
 def _video(videos: str, name: str) -> tuple[str | None, str | None]:
     """(path, None) for a video inside the videos folder, or (None, why)."""
     path = os.path.join(videos, name)
-    real, root = os.path.realpath(path), os.path.realpath(videos)
-    if not (real == root or real.startswith(root + os.sep)):
+    if not inside(path, videos):
         return None, "video path leads outside --videos"
     if not os.path.isfile(path):
         return None, f"video {name} not found"
@@ -216,7 +215,6 @@ def _phoenix(manifest, videos, opts):
     for i, row in enumerate(rows, start=2):
         label = f"{os.path.basename(manifest)}:{i} ({row['name']})"
         folder = os.path.join(videos, row["name"])
-        real, root = os.path.realpath(folder), os.path.realpath(videos)
-        inside = real.startswith(root + os.sep) and os.path.isdir(folder)
-        why = None if inside else f"frame folder {row['name']} not found"
+        found = inside(folder, videos, strict=True) and os.path.isdir(folder)
+        why = None if found else f"frame folder {row['name']} not found"
         yield label, Job(row["name"], row[field], folder, fps=25.0), why
