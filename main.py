@@ -9,9 +9,12 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 from config import add_config_args, format_config
 from utils.errors import UserError
+
+PEER_EXIT_DELAY_S = 2.0  # seconds a rank stopped by another rank's failure waits before it exits
 
 
 def cmd_train(args) -> int:
@@ -20,6 +23,8 @@ def cmd_train(args) -> int:
     from methods.configure import config_from_checkpoint, load_config
     from methods.experiment import refuse_to_overwrite
     from methods.trainer import Trainer
+    from utils.device import select_device
+    from utils.distributed import close_world, init_world, launcher_world, main_first
 
     cfg = load_config(args.preset, args.overrides)
     state = None
@@ -28,26 +33,39 @@ def cmd_train(args) -> int:
         state = load_checkpoint(path)
         # The run continues with the configuration it was started with; --set may still change fields.
         cfg = config_from_checkpoint(state, args.overrides)
-        print(f"resuming {path} at step {state['step']} (epoch {state['epoch']})", file=sys.stderr)
+        if launcher_world().is_main:
+            print(f"resuming {path} at step {state['step']} (epoch {state['epoch']})", file=sys.stderr)
     else:  # said at once, before minutes of data decoding; the trainer checks again under the experiment's lock
         refuse_to_overwrite(os.path.join(cfg.train.checkpoint_dir, cfg.train.exp_name))
-    ensure_data(cfg.data)
-    trainer = Trainer(cfg, resume=state)
+    world = init_world(select_device(cfg.train.device, launcher_world().local_rank))  # under torchrun: join the job
+    try:
+        with main_first(world):  # one process writes the demo data
+            ensure_data(cfg.data)
+        return train(Trainer(cfg, resume=state, world=world))
+    finally:
+        close_world()
+
+
+def train(trainer) -> int:
+    """Run a built trainer and report how it ended (rank 0 reports; every rank returns the same exit code)."""
+    say = trainer.world.is_main
     if trainer.step >= trainer.total_steps:
-        print(f"nothing to do: step {trainer.step} already reached the {trainer.total_steps} steps configured "
-              f"(raise train.max_steps or train.epochs with --set)", file=sys.stderr)
+        if say:
+            print(f"nothing to do: step {trainer.step} already reached the {trainer.total_steps} steps configured "
+                  f"(raise train.max_steps or train.epochs with --set)", file=sys.stderr)
         return 0
     trainer.train()
     if trainer.interrupted:
-        signum = trainer.stop_signal or signal.SIGINT
-        if trainer.stop_saved:
-            print(f"stopped by {signal.Signals(signum).name} at step {trainer.step}: {trainer.exp_dir}/latest.pt "
-                  f"saved; continue with `python main.py train --resume`", file=sys.stderr)
-        else:
-            print(f"stopped by {signal.Signals(signum).name} at step {trainer.step}, but latest.pt could not be saved "
-                  f"(see the warning above); {trainer.last_checkpoint_text()}", file=sys.stderr)
-        return 128 + signum
-    print(f"checkpoints: {trainer.exp_dir}\nsamples: {trainer.sample_dir}\nlogs: {trainer.run_dir}")
+        name = signal.Signals(trainer.stop_signal or signal.SIGINT).name
+        if say and trainer.stop_saved:
+            print(f"stopped by {name} at step {trainer.step}: {trainer.exp_dir}/latest.pt saved; continue with "
+                  f"`python main.py train --resume`", file=sys.stderr)
+        elif say:
+            print(f"stopped by {name} at step {trainer.step}, but latest.pt could not be saved (see the warning "
+                  f"above); {trainer.last_checkpoint_text()}", file=sys.stderr)
+        return 128 + (trainer.stop_signal or signal.SIGINT)
+    if say:
+        print(f"checkpoints: {trainer.exp_dir}\nsamples: {trainer.sample_dir}\nlogs: {trainer.run_dir}")
     return 0
 
 
@@ -284,11 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from utils.distributed import PeerFailed, rank_prefix, reports_errors
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if reports_errors():
+            print(f"{rank_prefix()}error: {err}", file=sys.stderr)
+        return 2
+    except PeerFailed:  # another rank failed and said why; let it exit first, so torchrun names it the root cause
+        time.sleep(PEER_EXIT_DELAY_S)
         return 2
     except KeyboardInterrupt as err:  # a second stop signal during training, or Ctrl-C anywhere else
         signum = getattr(err, "signum", signal.SIGINT)

@@ -23,8 +23,9 @@ import torch
 
 from config import TrainConfig
 from methods import train_stats as ts
-from utils.gif import gif_bytes, safe_filename
 from methods.tb_images import clip_grid, frame_strip, png_bytes, scatter_plot, upscale
+from utils.distributed import is_main_process, launcher_world
+from utils.gif import gif_bytes, safe_filename
 
 CATEGORIES = ("01_Training", "02_Loss_Components", "03_Epoch_Summary", "04_Learning_Rate", "05_Performance",
               "06_Diffusion", "07_Noise_Analysis", "08_Model_Architecture", "09_Parameter_Stats",
@@ -42,21 +43,15 @@ def new_run_dir(root: str) -> str:
     return path
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torch.distributed job (or of a launcher's RANK variable), or a plain single process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
-
-
 class TBLogger:
     """One run folder's event writer plus the running windows that the logged means are taken over."""
 
-    def __init__(self, run_dir: str, tc: TrainConfig, total_steps: int):
+    def __init__(self, run_dir: str, tc: TrainConfig, total_steps: int, enabled: bool = True):
+        """enabled=False (ranks other than 0) logs nothing, as train.tensorboard=false does."""
         self.run_dir, self.total_steps = run_dir, total_steps
-        self.enabled = bool(tc.tensorboard) and is_main_process()
+        self.enabled = bool(tc.tensorboard) and enabled and is_main_process()
         self.log_every, self.stats_every, self.hist_every = tc.log_every, tc.stats_every, tc.hist_every
-        self.samples_per_step = tc.batch_size * tc.grad_accum
+        self.samples_per_step = tc.batch_size * tc.grad_accum * launcher_world().world_size  # the global batch
         self.warmup, self.base_lr, self.seed = tc.warmup_steps, tc.lr, tc.seed
         self.writer = None
         self.spent_total = 0.0  # wall seconds spent inside this logger (05_Performance, bench_logging.py)

@@ -5,12 +5,11 @@ one saved torch.Generator, so `--resume` continues the exact sequence an uninter
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-import signal
 import sys
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -24,57 +23,33 @@ from methods.checkpoint import nonfinite_summary, rng_state, save_checkpoint, se
 from methods.experiment import (ExperimentLock, check_memory, check_output_dirs, output_dirs, refuse_to_overwrite,
                                 remove_stale_temp_files)
 from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
+from methods.stop import STOP_SIGNALS, StopRequest
 from methods.tb_logger import TBLogger, new_run_dir
 from methods.train_stats import StepClock
 from models import build_video_model, load_initial_weights
 from models.text_encoder import embed_captions
 from schedulers import lr_factor
-from utils.device import autocast, autocast_dtype, select_device
+from utils.device import autocast, autocast_dtype, configure_matmul, select_device
+from utils.distributed import World, agree, all_gather, all_reduce_sum, init_world, launcher_world, main_first, wrap_ddp
 from utils.errors import UserError
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, SLURM preemption, container stop
 MAX_NONFINITE_SKIPS = 5  # skipped steps (non-finite loss or gradient) before the run stops
 
 
-def planned_steps(tc: TrainConfig, num_clips: int) -> int:
-    """Optimizer steps a run of `num_clips` training clips will take: train.epochs, capped by train.max_steps."""
-    limit = math.ceil(tc.epochs * math.ceil(num_clips / tc.batch_size) / tc.grad_accum)
+def planned_steps(tc: TrainConfig, num_clips: int, world_size: int = 1) -> int:
+    """Optimizer steps a run of `num_clips` training clips will take: train.epochs, capped by train.max_steps. A
+    micro-batch is batch_size clips on each of world_size processes."""
+    limit = math.ceil(tc.epochs * math.ceil(num_clips / (tc.batch_size * world_size)) / tc.grad_accum)
     return min(limit, tc.max_steps) if tc.max_steps else limit
 
 
-class Abort(KeyboardInterrupt):
-    """A second stop signal: leave at once, without saving; `signum` gives the exit code 128 + signum."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StopRequest:
-    """The first SIGINT or SIGTERM asks the loop to stop at the next step boundary (after saving); a second aborts."""
-
-    def __enter__(self):
-        self.signum: int | None = None
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
-        return self
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise Abort(signum)
-        self.signum = signum
-        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step (send it again to abort without "
-                   f"saving)", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        return False
+def row_noise(seed: int, rows: range, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Noise (len(rows), *shape) where row i of a global batch is drawn from seed + i alone: a process draws only
+    the rows it trains on, on its own device, and the same row gets the same noise whatever the process count."""
+    out = torch.empty((len(rows), *shape), device=device)
+    for j, i in enumerate(rows):
+        torch.randn(shape, generator=torch.Generator(device).manual_seed(seed + i), device=device, out=out[j])
+    return out
 
 
 @dataclass
@@ -92,37 +67,49 @@ class CaptionTable:
 
 
 class Trainer:
-    """Owns the model, its EMA copy, optimizer, schedule, data order and random streams of one experiment."""
+    """Owns the model, its EMA copy, optimizer, schedule, data order and random streams of one experiment.
 
-    def __init__(self, cfg: Config, resume: dict | None = None, quiet: bool = False):
+    Under torchrun each process is one rank: every rank holds the same weights and the same trainer stream, takes its
+    shard of each global micro-batch (batch_size x world_size clips), and DistributedDataParallel averages the
+    gradients; rank 0 alone writes checkpoints, logs and GIFs."""
+
+    def __init__(self, cfg: Config, resume: dict | None = None, quiet: bool = False, world: World | None = None):
         self.cfg, tc = cfg, cfg.train
-        self.quiet = quiet
-        check_output_dirs({"data.cache_dir": cfg.data.cache_dir})  # the clip and caption caches are written first
-        self.device = select_device(tc.device)
+        self.device = select_device(tc.device, launcher_world().local_rank)
+        self.world = world or init_world(self.device)
+        self.quiet = quiet or not self.world.is_main
         self.amp_dtype = autocast_dtype(self.device, tc.precision)
-        self.data = SignDataset(cfg.data, "train", quiet=quiet)
-        # Prompts are embedded alongside the training captions, so sampling never loads the encoder again.
-        prompts = list(tc.sample_prompts) or self.data.top_captions(3)  # empty: captions the data set holds
-        self.captions = CaptionTable(list(self.data.caption_vocab), prompts)
-        self.text = embed_captions(cfg.text.encoder, cfg.text.max_length, self.captions.names,
-                                   cfg.data.cache_dir).to(self.device)
+        configure_matmul(tc.tf32)
+        with main_first(self.world):  # rank 0 decodes the clips and embeds the captions into the caches first
+            check_output_dirs({"data.cache_dir": cfg.data.cache_dir})
+            self.data = SignDataset(cfg.data, "train", quiet=self.quiet)
+            # Prompts are embedded alongside the training captions, so sampling never loads the encoder again.
+            prompts = list(tc.sample_prompts) or self.data.top_captions(3)  # empty: captions the data set holds
+            self.captions = CaptionTable(list(self.data.caption_vocab), prompts)
+            self.text = embed_captions(cfg.text.encoder, cfg.text.max_length, self.captions.names,
+                                       cfg.data.cache_dir).to(self.device)
         self.text_dim = self.text.pooled.shape[1]
         torch.manual_seed(tc.seed)
         self.model = build_video_model(cfg, self.text_dim)
         report = load_initial_weights(self.model, cfg) if resume is None else None
-        if report and not quiet:
+        if report and not self.quiet:
             print(report, file=sys.stderr)
         check_memory(cfg, self.model, self.device)  # before the EMA copy and the optimizer state are allocated
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.net = self.ddp = wrap_ddp(self.model, self.world, self.device)  # what the loss calls
+        if tc.compile:
+            self.net = torch.compile(self.ddp)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.batches_per_epoch = math.ceil(len(self.data) / tc.batch_size)
-        self.total_steps = planned_steps(tc, len(self.data))
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay,
+                                           fused=tc.fused_adamw and self.device.type == "cuda" or None)
+        self.micro_batch = tc.batch_size * self.world.world_size  # clips per global micro-batch
+        self.batches_per_epoch = math.ceil(len(self.data) / self.micro_batch)
+        self.total_steps = planned_steps(tc, len(self.data), self.world.world_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, self.total_steps, tc.lr_schedule))
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-        self.generator = torch.Generator().manual_seed(tc.seed)
+        self.generator = torch.Generator().manual_seed(tc.seed)  # the same stream on every rank
         self.step = self.epoch = self.batch_in_epoch = 0
         self._order: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its permutation), computed once
         self.exp_dir = os.path.join(tc.checkpoint_dir, tc.exp_name)
@@ -132,7 +119,7 @@ class Trainer:
         if resume is not None:
             self.load_state(resume)
         self.logger = None
-        self.loss_history: list[float] = []  # this process's losses, one per optimizer step
+        self.loss_history: list[float] = []  # the global batch's losses, one per optimizer step
         self.nonfinite_skips = 0
         self.stop_signal: int | None = None  # the signal that stopped training early (None: ran to the end)
         self.interrupted = self.stop_saved = False
@@ -146,57 +133,75 @@ class Trainer:
         return self._order[1]
 
     def next_batch(self):
-        bs = self.cfg.train.batch_size
-        order = self.epoch_order(self.epoch)
-        idx = order[self.batch_in_epoch * bs:(self.batch_in_epoch + 1) * bs]
+        """This rank's rows of the next global micro-batch, with (its rows, the global batch's size)."""
+        n = self.micro_batch
+        idx = self.epoch_order(self.epoch)[self.batch_in_epoch * n:(self.batch_in_epoch + 1) * n]
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        videos, caption_ids = self.data.get_batch(idx, device=self.device)
-        return videos, self.text.select(caption_ids)
+        rows = range(*self.world.shard(len(idx)))
+        # A rank left without rows of a short last batch trains on the last row with weight 0: it must still join
+        # the gradient all-reduce.
+        videos, caption_ids = self.data.get_batch(idx[rows.start:rows.stop] if rows else idx[-1:], device=self.device)
+        return videos, self.text.select(caption_ids), rows, len(idx)
 
-    def micro_step(self, videos, text) -> dict:
-        """Loss of one micro-batch with its timesteps, noise and caption dropout drawn from the trainer's stream."""
-        B = videos.shape[0]
-        t = self.diffusion.sample_timesteps(B, generator=self.generator).to(self.device)
-        noise = torch.randn(videos.shape, generator=self.generator).to(self.device)
-        drop = (torch.rand(B, generator=self.generator) < self.cfg.model.caption_dropout).to(self.device)
+    def micro_step(self, videos, text, rows: range, n: int) -> dict:
+        """Loss of this rank's rows of an n-clip global micro-batch. Timesteps and caption dropout are drawn for all
+        n rows from the trainer's stream (the same on every rank) and noise from one seed per row, so a row trains
+        the same whichever rank holds it. "loss" is this rank's share: summed over ranks it is the batch mean."""
+        mine = slice(rows.start, rows.stop) if rows else slice(n - 1, n)
+        seed = int(torch.randint(2 ** 62, (1,), generator=self.generator))
+        t = self.diffusion.sample_timesteps(n, generator=self.generator)[mine].to(self.device)
+        drop = (torch.rand(n, generator=self.generator) < self.cfg.model.caption_dropout)[mine].to(self.device)
+        noise = row_noise(seed, range(mine.start, mine.stop), videos.shape[1:], self.device)
         with autocast(self.device, self.amp_dtype):
-            out = self.diffusion.training_losses(self.model, videos, t, noise, text_tokens=text.tokens,
+            out = self.diffusion.training_losses(self.net, videos, t, noise, text_tokens=text.tokens,
                                                  text_mask=text.mask, pooled=text.pooled, drop=drop)
+        out["loss"] = out["loss_per_sample"].sum() * (1 / n if rows else 0.0)
         return {**out, "t": t}
 
     def train(self, stop_at: int | None = None) -> list[float]:
-        """Run to total_steps holding the experiment's lock; its output folders are checked before step 1."""
-        check_output_dirs(output_dirs(self.cfg, self.exp_dir, self.sample_dir))
-        with ExperimentLock(self.exp_dir):
-            if not self.resumed and self.step == 0:  # a trainer that has run continues its own checkpoints
-                refuse_to_overwrite(self.exp_dir)
-            remove_stale_temp_files(self.exp_dir)
+        """Run to total_steps; rank 0 checks the output folders and holds the experiment's lock, and every rank
+        stops if that fails."""
+        with contextlib.ExitStack() as held:
+            error = None
+            if self.world.is_main:
+                try:
+                    check_output_dirs(output_dirs(self.cfg, self.exp_dir, self.sample_dir))
+                    held.enter_context(ExperimentLock(self.exp_dir))
+                    if not self.resumed and self.step == 0:  # a trainer that has run continues its own checkpoints
+                        refuse_to_overwrite(self.exp_dir)
+                    remove_stale_temp_files(self.exp_dir)
+                except UserError as err:
+                    error = str(err)
+            agree(error, self.world)
             return self.run(stop_at)
 
     def run(self, stop_at: int | None = None) -> list[float]:
-        """The loop; SIGINT / SIGTERM (or reaching stop_at) saves latest.pt at the next step boundary."""
+        """The loop; SIGINT / SIGTERM (on any rank) or reaching stop_at saves latest.pt at the next step boundary."""
         tc = self.cfg.train
-        self.logger = TBLogger(self.run_dir, tc, self.total_steps)
+        self.logger = TBLogger(self.run_dir, tc, self.total_steps, enabled=self.world.is_main)
         self.logger.start(self.step, self.epoch, self.cfg.to_dict(), self.model, self.diffusion, self.device)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=tc.exp_name, dynamic_ncols=True,
                    disable=self.quiet, file=sys.stderr)
         self.model.train()
         try:
-            with StopRequest() as stop:
+            with StopRequest(repeat_aborts=not self.world.distributed) as stop:
                 while self.step < self.total_steps and self.epoch < tc.epochs:
-                    clock, loss = StepClock(), 0.0
-                    for _ in range(tc.grad_accum):
+                    clock, loss = StepClock(), torch.zeros((), device=self.device)
+                    for k in range(tc.grad_accum):
                         batch = self.next_batch()
                         clock.mark("data")
-                        out = self.micro_step(*batch)
-                        (out["loss"] / tc.grad_accum).backward()
-                        loss += out["loss"].item() / tc.grad_accum
+                        with self.ddp.no_sync() if self.world.distributed and k < tc.grad_accum - 1 else \
+                                contextlib.nullcontext():  # all-reduce the gradients once, after the last one
+                            out = self.micro_step(*batch)
+                            # DDP averages the ranks' gradients: x world_size makes that the gradient of the sum
+                            (out["loss"] * (self.world.world_size / tc.grad_accum)).backward()
+                        loss += out["loss"].detach() / tc.grad_accum
                         self.logger.observe(out)
                         clock.mark("forward_backward")
                     norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-                    grad_norm = float(norm)  # a host sync, but the log needs the number anyway
+                    loss, grad_norm, signum = self.agree_step(loss, norm, stop.signum)  # the step's one host sync
                     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                         self.skip_nonfinite("loss" if not math.isfinite(loss) else "gradient norm")
                         continue
@@ -211,15 +216,25 @@ class Trainer:
                     self.loss_history.append(loss)
                     self.log_step(loss, grad_norm, clock.times, bar)
                     self.maybe_sample_and_checkpoint()
-                    if self.step < self.total_steps and (stop.requested or self.step == stop_at):
+                    if self.step < self.total_steps and (signum or self.step == stop_at):
                         self.stop_saved = self.save("latest.pt")
-                        self.interrupted, self.stop_signal = True, stop.signum
+                        self.interrupted, self.stop_signal = True, signum
                         break
         finally:
             bar.close()
             self.logger.close()
         return self.loss_history
 
+    def agree_step(self, loss: torch.Tensor, norm: torch.Tensor, signum: int | None) -> tuple[float, float, int]:
+        """(global batch loss, gradient norm, stop signal or 0) as every rank sees them: the loss shares and a stop
+        asked of any rank are summed in one small all-reduce. The gradients are already all-reduced, so the norm,
+        and with it the skip decision, is the same on every rank."""
+        stops = torch.tensor([float(signum == s) for s in STOP_SIGNALS], device=self.device)
+        W = self.world.world_size
+        both = all_reduce_sum(torch.cat([torch.stack([loss.float(), norm.float() / W]), stops]), self.world)
+        loss, grad_norm, *asked = both.tolist()
+        signum = next((int(s) for s, n in zip(STOP_SIGNALS, asked) if n > 0), 0)
+        return loss, grad_norm, signum
     def skip_nonfinite(self, what: str) -> None:
         """Drop this step's gradients before they touch the weights or the EMA; a run of them means a real problem,
         so stop before wasting compute."""
@@ -266,9 +281,14 @@ class Trainer:
                            f"goes on", file=sys.stderr)
 
     def save(self, *names: str) -> bool:
-        """Write the checkpoint under each name. Non-finite weights are never written (a UserError); a failed write
-        (disk full, folder gone) is a one-line warning: the state stays in memory and the next interval retries."""
-        state = self.state_dict()
+        """Write the checkpoint under each name (rank 0, with every rank's random streams); True on every rank if it
+        was written. Non-finite weights are never written (a UserError); a failed write (disk full, folder gone) is a
+        one-line warning: the state stays in memory and the next interval retries."""
+        rank_rngs = all_gather(rng_state(self.generator), self.world)
+        ok = self.write_checkpoint(names, self.state_dict(rank_rngs)) if self.world.is_main else None
+        return all_gather(ok, self.world)[0]
+
+    def write_checkpoint(self, names: tuple[str, ...], state: dict) -> bool:
         bad = nonfinite_summary({"model": state["model"], "ema": state["ema"]})
         if bad:
             raise UserError(f"refusing to save non-finite weights at step {self.step} ({bad}); "
@@ -285,7 +305,9 @@ class Trainer:
         return True
 
     def write_samples(self) -> list[str]:
-        """Sample the configured prompts with the EMA weights; the training RNG streams are not touched."""
+        """Sample the configured prompts with the EMA weights (rank 0); the training RNG streams are not touched."""
+        if not self.world.is_main:
+            return []
         videos, ids = self.data.get_batch(torch.arange(1), device=self.device)  # fixed clip for 13_Noise_Vis
         self.logger.denoising(self.step, self.model, videos, self.text.select(ids))
         prompts = self.captions.prompts
@@ -302,12 +324,16 @@ class Trainer:
         return paths
 
     # ----- checkpoint state: primitives and state_dicts only -----
-    def state_dict(self) -> dict:
+    def state_dict(self, rank_rngs: list[dict] | None = None) -> dict:
+        """rng is rank 0's random streams, rank_rngs the other ranks'; batch_in_epoch counts global micro-batches of
+        micro_batch clips."""
+        rngs = rank_rngs or [rng_state(self.generator)]
         return {
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "rng": rng_state(self.generator), "config": self.cfg.to_dict(), "text_dim": self.text_dim,
+            "micro_batch": self.micro_batch, "world_size": self.world.world_size,
+            "rng": rngs[0], "rank_rngs": rngs[1:], "config": self.cfg.to_dict(), "text_dim": self.text_dim,
             "run_dir": self.run_dir, "caption_words": self.vocabulary(),
         }
 
@@ -326,7 +352,22 @@ class Trainer:
         except (RuntimeError, ValueError) as err:
             raise UserError(f"checkpoint does not fit the configured model: {str(err).splitlines()[0]}") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        set_rng_state(state["rng"], self.generator)
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = self.resume_position(state)
+        rngs = [state["rng"], *state.get("rank_rngs", [])]  # a different process count: rank 0's streams for all
+        set_rng_state(rngs[self.world.rank] if len(rngs) == self.world.world_size else rngs[0], self.generator)
         self.run_dir = state["run_dir"]
+
+    def resume_position(self, state: dict) -> int:
+        """The saved place in the epoch's order, in global micro-batches of this run's size. The same micro-batch
+        (batch_size x processes) continues exactly; another must split the clips already seen into whole batches."""
+        saved_batch = state.get("micro_batch", state["config"]["train"]["batch_size"])
+        seen = state["batch_in_epoch"] * saved_batch
+        if seen % self.micro_batch:
+            raise UserError(f"the checkpoint stopped {seen} clips into epoch {state['epoch']} (micro-batches of "
+                            f"{saved_batch} clips), which is not a whole number of this run's micro-batches of "
+                            f"{self.micro_batch} (train.batch_size {self.cfg.train.batch_size} x "
+                            f"{self.world.world_size} processes): resume with a batch_size x processes that divides "
+                            f"{seen}, e.g. the checkpoint's {saved_batch}")
+        return seen // self.micro_batch
 

@@ -217,8 +217,10 @@ class TextConditioner(nn.Module):
         nn.init.normal_(self.null_token, std=0.02)
 
     def apply_dropout(self, tokens, mask, pooled, drop):
-        """Replace the captions where drop (B,) is True by the null embedding (one null token, unmasked)."""
-        if drop is None or not bool(drop.any()):
+        """Replace the captions where drop (B,) is True by the null embedding (one null token, unmasked). The null
+        embeddings enter every training forward, dropped or not: no host sync on drop, and DistributedDataParallel
+        finds a gradient (zero) for them on every rank."""
+        if drop is None:
             return tokens, mask, pooled
         d = drop.view(-1, 1)
         pooled = torch.where(d, self.null_pooled.to(pooled.dtype).expand_as(pooled), pooled)

@@ -10,11 +10,17 @@ from utils.errors import UserError
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """auto picks CUDA, then MPS, then CPU; an explicit device that is absent is a user error."""
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto picks CUDA, then MPS, then CPU; an explicit device that is absent is a user error. Under torchrun, auto and
+    cuda mean the local rank's GPU (cuda:LOCAL_RANK), which also becomes the current CUDA device."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s): start at "
+                            f"most that many processes per node (torchrun --nproc_per_node)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -44,6 +50,12 @@ def available_memory(device: torch.device) -> int | None:
 
 def format_bytes(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def configure_matmul(tf32: bool) -> None:
+    """TF32 for fp32 matmuls and convolutions on Ampere+ GPUs (train.tf32): ~2x faster fp32, 10-bit mantissa."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
