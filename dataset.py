@@ -255,5 +255,7 @@ class SignDataset(torch.utils.data.Dataset):
         indices = torch.as_tensor(indices, dtype=torch.long)
         clips, ids = self.clips[indices], self.caption_ids[indices]  # (B, T, H, W, 3), (B,)
         if device is not None:
+            if torch.device(device).type == "cuda":  # a pinned source makes the copy asynchronous
+                clips, ids = clips.pin_memory(), ids.pin_memory()
             clips, ids = clips.to(device, non_blocking=True), ids.to(device, non_blocking=True)
         return to_unit_range(clips), ids
