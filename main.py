@@ -1,4 +1,5 @@
-"""Text2Sign command line: train, sample, train-evaluator, evaluate, config, data-stats, prepare-data, synth-data.
+"""Text2Sign command line: train, sample, train-evaluator, evaluate, export, config, data-stats, prepare-data,
+synth-data.
 
 Exit codes: 0 success, 2 usage / config / data errors (one line on stderr), 1 unexpected failure (traceback),
 130 / 143 training stopped by SIGINT (Ctrl-C) / SIGTERM after saving latest.pt (or aborted by a second signal).
@@ -84,7 +85,7 @@ def cmd_sample(args) -> int:
     if not all(t.strip() for t in args.text):
         raise UserError("--text must not be empty or only spaces")
     device = select_device(args.device)
-    cfg, model, diffusion, state = load_ema_model(args.checkpoint, device)
+    cfg, model, diffusion, state = load_ema_model(args.checkpoint or args.model, device)
     settings = SamplingSettings.resolve(cfg.diffusion, **sampling_flags(args))
     warn_unknown_words(args.text, state)
     jobs = [(text, j) for text in args.text for j in range(args.num_samples)]
@@ -126,7 +127,7 @@ def cmd_train_evaluator(args) -> int:
 def cmd_evaluate(args) -> int:
     from methods.evaluation.evaluate import evaluate
 
-    report = evaluate(args.checkpoint, data_dir=args.data, split=args.split, num_captions=args.num_captions,
+    report = evaluate(args.checkpoint or args.model, data_dir=args.data, split=args.split, num_captions=args.num_captions,
                       sampling=sampling_flags(args), num_samples=args.num_samples, seed=args.seed, out=args.out,
                       evaluator=args.evaluator, device=args.device, batch_size=args.batch_size)
     for name, g in report["groups"].items():
@@ -139,6 +140,16 @@ def cmd_evaluate(args) -> int:
             print(f"  {part} in training: R@1 generated {b['generated_r1']:.3f} / real {b['real_r1']:.3f} "
                   f"({b['num_captions']} captions)", file=sys.stderr)
     print(report["json"])
+    return 0
+
+
+def cmd_export(args) -> int:
+    from methods.export import export
+
+    info = export(args.checkpoint, args.out, evaluation=args.evaluation, captions=args.text, samples=args.samples,
+                  device=args.device)
+    for name in info["files"]:
+        print(os.path.join(info["out_dir"], name))
     return 0
 
 
@@ -202,6 +213,13 @@ def cmd_synth_data(args) -> int:
     return 0
 
 
+def add_model_source(p: argparse.ArgumentParser) -> None:
+    """--checkpoint (a training checkpoint) or --model (a folder `export` wrote): one of them."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH", help="a training checkpoint (checkpoints/<exp>/latest.pt)")
+    source.add_argument("--model", metavar="DIR", help="an exported model folder (python main.py export)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """The flags of every command that generates clips (`sample`, `evaluate`), with the same names and meaning."""
     p.add_argument("--num_samples", type=int, default=1, help="clips per caption")
@@ -224,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from PATH (default: checkpoints/<exp>/latest.pt)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help="generate GIFs for a caption from a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("sample", help="generate GIFs for a caption from a checkpoint or an exported model")
+    add_model_source(p)
     p.add_argument("--text", required=True, action="append", help="caption (repeat for several)")
     add_sampling_args(p)
     p.add_argument("--output_dir", default=None, help="default: generated_samples/<exp>")
@@ -239,17 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_evaluator)
 
     p = sub.add_parser("evaluate", help="does a checkpoint follow the text? retrieval, Frechet, SSIM/PSNR")
-    p.add_argument("--checkpoint", required=True)
+    add_model_source(p)
     p.add_argument("--data", default=None, metavar="DIR", help="default: the checkpoint's data.data_dir")
     p.add_argument("--split", default="val", help="val or train: the real clips and captions to use")
     p.add_argument("--num_captions", type=int, default=32, help="captions K (retrieval ranks among K)")
     add_sampling_args(p)
     p.add_argument("--out", default=None, metavar="FILE.json",
                    help="default: generated_samples/<exp>/eval_step<N>_<split>.json")
-    p.add_argument("--evaluator", default=None, metavar="PATH", help="default: evaluator.pt next to the checkpoint")
+    p.add_argument("--evaluator", default=None, metavar="PATH",
+                   help="default: evaluator.pt next to the checkpoint (in the --model folder)")
     p.add_argument("--batch_size", type=int, default=16,
                    help="clips sampled at once; speed only, each clip has its own seed")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="a checkpoint -> a folder to share: safetensors weights, config.json, model card")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder (or an earlier export)")
+    p.add_argument("--evaluation", default=None, metavar="FILE.json", help="an `evaluate` report for the card")
+    p.add_argument("--text", action="append", default=None,
+                   help="a caption for the card's sample GIFs (repeat; default: the run's sample prompts)")
+    p.add_argument("--no-samples", dest="samples", action="store_false", help="no sample GIFs (no text encoder)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="print the resolved configuration")
     add_config_args(p)

@@ -19,8 +19,10 @@ from data.folder import caption_words
 from diffusion import SAMPLERS, GaussianDiffusion
 from methods.checkpoint import load_checkpoint, nonfinite_summary
 from methods.configure import config_from_checkpoint
+from methods.exported import read_export
 from models import build_video_model
 from models.text_encoder import TextEmbeddings
+from utils.device import autocast, autocast_dtype
 from utils.errors import UserError
 from utils.gif import safe_filename, write_gif
 from utils.pixels import to_uint8
@@ -82,8 +84,9 @@ def warn_unknown_words(captions: list[str], state: dict) -> list[str]:
 
 
 def load_ema_model(path: str, device="cpu"):
-    """A checkpoint's config, its EMA weights in eval mode on `device`, its diffusion process, and the raw state."""
-    state = load_checkpoint(path)
+    """A checkpoint's (or an exported folder's) config, its EMA weights in eval mode on `device`, its diffusion
+    process, and the raw state."""
+    state = read_export(path) if os.path.isdir(path) else load_checkpoint(path)
     bad = nonfinite_summary(state["ema"])
     if bad:
         raise UserError(f"{path} holds non-finite EMA weights ({bad}): the run diverged before it was saved; sample "
@@ -115,8 +118,10 @@ def generate(model, diffusion, text: TextEmbeddings, settings: SamplingSettings,
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     shape = (B, model.in_channels, num_frames, image_size, image_size)
-    x0 = diffusion.sample(model_fn, shape, steps=settings.steps, sampler=settings.sampler, eta=settings.eta,
-                          generator=generators, device=device, progress=progress)
+    device = torch.device(device)
+    with autocast(device, autocast_dtype(device)):  # bf16 matmuls on CUDA, as in training; fp32 elsewhere
+        x0 = diffusion.sample(model_fn, shape, steps=settings.steps, sampler=settings.sampler, eta=settings.eta,
+                              generator=generators, device=device, progress=progress)
     return to_uint8(x0)
 
 

@@ -335,6 +335,8 @@ class Trainer:
             "micro_batch": self.micro_batch, "world_size": self.world.world_size,
             "rng": rngs[0], "rank_rngs": rngs[1:], "config": self.cfg.to_dict(), "text_dim": self.text_dim,
             "run_dir": self.run_dir, "caption_words": self.vocabulary(),
+            "num_clips": len(self.data), "num_captions": len(self.captions.vocab),
+            "sample_prompts": list(self.captions.prompts),  # `export` samples them for the model card
         }
 
     def vocabulary(self) -> list[str]:

@@ -52,7 +52,8 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
     settings = SamplingSettings.resolve(cfg.diffusion, **(sampling or {}))
     if data_dir:
         cfg.data.data_dir = data_dir
-    ev_path = evaluator or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), EVALUATOR_FILE)
+    ev_path = evaluator or os.path.join(checkpoint if os.path.isdir(checkpoint) else
+                                        os.path.dirname(os.path.abspath(checkpoint)), EVALUATOR_FILE)
     ev, meta = load_evaluator(ev_path)
     check_preprocessing(meta, cfg.data, ev_path, checkpoint)
     T, S = cfg.data.num_frames, cfg.data.image_size
