@@ -1,5 +1,5 @@
-"""Text2Sign command line: train, sample, train-evaluator, evaluate, export, config, data-stats, prepare-data,
-synth-data.
+"""Text2Sign command line: train, sample, train-evaluator, evaluate, export, serve, config, data-stats,
+prepare-data, synth-data.
 
 Exit codes: 0 success, 2 usage / config / data errors (one line on stderr), 1 unexpected failure (traceback),
 130 / 143 training stopped by SIGINT (Ctrl-C) / SIGTERM after saving latest.pt (or aborted by a second signal).
@@ -153,6 +153,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from methods.serve import serve
+    from utils.device import select_device
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in [0, 65535] (0: any free port), got {args.port}")
+    out_dir = args.output_dir or os.path.join("generated_samples", "serve")
+    try:
+        serve(args.checkpoint or args.model, args.host, args.port, out_dir, select_device(args.device))
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_config(args) -> int:
     from methods.configure import load_config
 
@@ -279,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-samples", dest="samples", action="store_false", help="no sample GIFs (no text encoder)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="a local web page that signs what you type")
+    add_model_source(p)
+    p.add_argument("--port", type=int, default=7860, help="0: any free port (printed)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on: loopback unless you name another (0.0.0.0: every interface)")
+    p.add_argument("--output_dir", default=None, help="where the clips go (default: generated_samples/serve)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("config", help="print the resolved configuration")
     add_config_args(p)

@@ -71,12 +71,17 @@ def sample_seed(seed: int, caption: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any torch.Generator takes it
 
 
-def warn_unknown_words(captions: list[str], state: dict) -> list[str]:
-    """One warning naming the caption words that never occur in the checkpoint's training captions (returned)."""
+def unknown_words(captions: list[str], state: dict) -> list[str]:
+    """The caption words that never occur in the checkpoint's training captions, in order, once each."""
     known = set(state.get("caption_words") or ())
     if not known:  # a checkpoint from before caption_words were saved: nothing to compare with
         return []
-    unknown = list(dict.fromkeys(w for c in captions for w in caption_words(c) if w not in known))
+    return list(dict.fromkeys(w for c in captions for w in caption_words(c) if w not in known))
+
+
+def warn_unknown_words(captions: list[str], state: dict) -> list[str]:
+    """One warning naming the caption words that never occur in the checkpoint's training captions (returned)."""
+    unknown = unknown_words(captions, state)
     if unknown:
         print(f"warning: never in the training captions, so the model has not learned them: "
               f"{', '.join(repr(w) for w in unknown)}", file=sys.stderr)

@@ -68,6 +68,15 @@ def tiny_config(tmp_path, synth_dir, tiny_encoder):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synth_dir, tiny_encoder):
+    """(folder, final.pt) of a 4-step tiny run through the CLI, shared by the export and serve tests."""
+    tmp = tmp_path_factory.mktemp("trained")
+    done = run("train", *sets(tiny_overrides(tmp, synth_dir, tiny_encoder, **{"train.max_steps": 4})))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp, str(tmp / "checkpoints" / "tiny" / "final.pt")
+
+
 def run(*args, cwd=None, timeout=300):
     env = {**os.environ, "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=cwd, env=env,

@@ -11,20 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run, sets, tiny_overrides
+from conftest import run
 from config import Config
 from methods.exported import CONFIG_FILE, WEIGHTS_FILE
 from methods.sampling import load_ema_model
 from utils.gif import read_gif
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, synth_dir, tiny_encoder):
-    tmp = tmp_path_factory.mktemp("export")
-    args = sets(tiny_overrides(tmp, synth_dir, tiny_encoder, **{"train.max_steps": 4}))
-    done = run("train", *args)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return tmp, str(tmp / "checkpoints" / "tiny" / "final.pt")
+@pytest.fixture
+def trained(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def gif_frames(folder):
