@@ -14,6 +14,7 @@ from utils.atomic import atomic_write
 from utils.errors import UserError
 
 SAMPLES_DIR = "samples"
+FOLDER = "path/to/this/folder"  # how the card names the export in its commands
 SAMPLE_SEED = 0  # the card's GIFs are sample 0 of (seed 0, caption): `sample --seed 0` redraws them
 
 
@@ -122,8 +123,8 @@ def model_card(meta: dict, report: dict | None, gifs: list[str]) -> str:
     lines += [f"![{os.path.splitext(os.path.basename(g))[0]}]({g})" for g in gifs] or ["(none exported)"]
     lines += [
         "", "## Use", "", "```bash",
-        'python main.py sample --model . --text "hello"       # GIFs in generated_samples/',
-        "python main.py serve --model .                        # a page at http://127.0.0.1:7860",
+        f"python main.py sample --model {FOLDER} --text \"hello\"     # GIFs in generated_samples/",
+        f"python main.py serve --model {FOLDER}                       # a page at http://127.0.0.1:7860",
         "```", "",
         "## Intended use and limits", "",
         "For research and teaching on text-to-sign generation. It only knows the words of its training captions "
