@@ -8,7 +8,8 @@ matmul peak of the device the script runs on.
 A training step is the trainer's: bf16 autocast (fp32 on CPU, as train.precision=auto), diffusion.training_losses
 with the config's objective and weighting, backward, gradient clipping, AdamW (fused on CUDA) and the EMA update;
 inputs are random clips and random caption embeddings of the preset's text encoder width (DistilBERT's 768 where
-its files are absent), so no data or text encoder weights are needed. Each config runs with its preset settings and with activation checkpointing switched (and, for VideoDiT,
+its files are absent), so no data or text encoder weights are needed. Each config runs with its preset settings
+and with activation checkpointing switched (and, for VideoDiT,
 with frame chunking off); a batch that runs out of memory ends that variant's batch sweep.
 
 Model FLOPs are counted once per config by torch.utils.flop_counter on a meta-device forward + backward of one
@@ -21,23 +22,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only the encoder's width is wanted: never wait on the network
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from methods.configure import load_config  # noqa: E402
+from methods.experiment import estimate_memory  # noqa: E402
 from diffusion import GaussianDiffusion  # noqa: E402
 from methods.sampling import SamplingSettings, generate  # noqa: E402
 from models import build_video_model  # noqa: E402
 from models.registry import MODELS  # noqa: E402
 from models.text_encoder import TextEmbeddings, encoder_dim  # noqa: E402
-from utils.device import autocast, autocast_dtype, configure_matmul  # noqa: E402
+from utils.device import autocast, autocast_dtype, available_memory, configure_matmul  # noqa: E402
 
 TEXT_LEN = 32
 # name -> (preset, overrides): the presets as users run them, and each family's GPU size at 16 x 64 x 64
@@ -62,12 +66,14 @@ def matmul_peak(device: torch.device) -> tuple[float, str]:
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        reps = 20 if device.type == "cuda" else 3
         a @ b
         sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
+        reps, t0 = 0, time.perf_counter()
+        while reps < 5 or time.perf_counter() - t0 < 1.0:  # at least a second of matmuls: CPU clocks settle
             a @ b
+            reps += 1
+            if reps % 5 == 0:
+                sync(device)
         sync(device)
         best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
     return best, str(dtype).replace("torch.", "")
@@ -80,13 +86,18 @@ def config_for(name: str, variant: dict, batch: int, compile_: bool):
     return cfg
 
 
+@functools.lru_cache
+def encoder_width(name: str) -> int:
+    try:
+        return encoder_dim(name)
+    except Exception:
+        return 768
+
+
 def text_dim(cfg) -> int:
     """The width of the preset's text encoder (384 for the packaged MiniLM), or DistilBERT's 768 where its files are
     not here (a GPU machine without the Hugging Face cache)."""
-    try:
-        return encoder_dim(cfg.text.encoder)
-    except Exception:
-        return 768
+    return encoder_width(cfg.text.encoder)
 
 
 def inputs(cfg, batch: int, device):
@@ -119,6 +130,13 @@ def inputs_meta(cfg):
     return (torch.empty(1, 3, d.num_frames, d.image_size, d.image_size),
             TextEmbeddings(torch.empty(1, TEXT_LEN, dim), torch.ones(1, TEXT_LEN, dtype=torch.bool),
                            torch.empty(1, dim)))
+
+
+def step_memory(cfg) -> int:
+    """The trainer's estimate of a training step's bytes (methods.experiment), from a meta-device model."""
+    with torch.device("meta"):
+        model = build_video_model(cfg, text_dim(cfg))
+    return estimate_memory(cfg, model)
 
 
 def time_training(cfg, batch: int, device, steps: int, warmup: int) -> dict:
@@ -213,6 +231,11 @@ def main() -> None:
             label = ", ".join(f"{k.split('.')[1]}={v}" for k, v in variant.items()) or "preset"
             for batch in map(int, args.batches.split(",")):
                 cfg = config_for(cname, variant, batch, args.compile)
+                need, free = step_memory(cfg), available_memory(device)
+                if free is not None and need > free:  # a CPU run past RAM is killed, not an OutOfMemoryError
+                    print(f"| {cname} | {label} | {batch} | needs ~{need / 2**30:.1f} GB (estimate), "
+                          f"{free / 2**30:.1f} GB free |||||||")
+                    break
                 try:
                     r = time_training(cfg, batch, device, args.steps, args.warmup)
                 except torch.OutOfMemoryError:
@@ -222,11 +245,12 @@ def main() -> None:
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                 tflops = flops_per_clip * batch / r["s_per_step"] / 1e12
+                memory = f"{r['peak_gb']:.2f}" if device.type == "cuda" else "-"  # no per-run peak on CPU
                 row = {"config": cname, "variant": label, "batch": batch, **r, "clips_per_s": batch / r["s_per_step"],
                        "tflops": tflops, "mfu": tflops * 1e12 / peak}
                 rows.append(row)
                 print(f"| {cname} | {label} | {batch} | {r['params_m']:.1f} | {row['clips_per_s']:.2f} | "
-                      f"{r['s_per_step']:.3f} | {tflops:.2f} | {row['mfu']:.1%} | {r['peak_gb']:.2f} |", flush=True)
+                      f"{r['s_per_step']:.3f} | {tflops:.3g} | {row['mfu']:.1%} | {memory} |", flush=True)
         if args.sampling:
             s = time_sampling(config_for(cname, {}, 1, False), device)
             rows.append({"config": cname, "sampling_s_per_clip": s})

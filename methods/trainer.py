@@ -192,8 +192,7 @@ class Trainer:
                     for k in range(tc.grad_accum):
                         batch = self.next_batch()
                         clock.mark("data")
-                        with self.ddp.no_sync() if self.world.distributed and k < tc.grad_accum - 1 else \
-                                contextlib.nullcontext():  # all-reduce the gradients once, after the last one
+                        with self.gradient_sync(last=k == tc.grad_accum - 1):
                             out = self.micro_step(*batch)
                             # DDP averages the ranks' gradients: x world_size makes that the gradient of the sum
                             (out["loss"] * (self.world.world_size / tc.grad_accum)).backward()
@@ -224,6 +223,10 @@ class Trainer:
             bar.close()
             self.logger.close()
         return self.loss_history
+
+    def gradient_sync(self, last: bool):
+        """DDP all-reduces the gradients during backward: in a step's last micro-step only (no_sync before it)."""
+        return self.ddp.no_sync() if self.world.distributed and not last else contextlib.nullcontext()
 
     def agree_step(self, loss: torch.Tensor, norm: torch.Tensor, signum: int | None) -> tuple[float, float, int]:
         """(global batch loss, gradient norm, stop signal or 0) as every rank sees them: the loss shares and a stop

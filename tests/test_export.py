@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -63,6 +64,16 @@ def test_sampling_an_export_gives_the_checkpoints_clips_bit_for_bit(trained):
     assert fa.shape == (4, 16, 16, 3) and np.array_equal(fa, fb)
 
 
+def test_evaluate_takes_an_export_and_looks_for_its_evaluator_inside_it(trained):
+    tmp, ckpt = trained
+    out = tmp / "for_eval"
+    assert run("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples").returncode == 0
+    done = run("evaluate", "--model", str(out), "--split", "train")
+    assert done.returncode == 2 and str(out / "evaluator.pt") in done.stderr, done.stderr[-2000:]
+    both = run("sample", "--model", str(out), "--checkpoint", ckpt, "--text", "hi")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
 def test_reading_an_export_never_unpickles(trained, monkeypatch):
     tmp, ckpt = trained
     out = tmp / "nopickle"
@@ -100,8 +111,10 @@ def test_export_with_an_evaluation_report_puts_its_numbers_in_the_card(trained):
 ])
 def test_a_damaged_export_is_a_one_line_error(trained, damage, needle):
     tmp, ckpt = trained
-    out = tmp / f"damaged_{damage}"
-    assert run("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples").returncode == 0
+    whole, out = tmp / "undamaged", tmp / f"damaged_{damage}"
+    if not whole.exists():
+        assert run("export", "--checkpoint", ckpt, "--out", str(whole), "--no-samples").returncode == 0
+    shutil.copytree(whole, out)
     if damage == "config":
         (out / CONFIG_FILE).write_text("{not json")
     elif damage == "format":
