@@ -26,17 +26,23 @@ class GaussianDiffusion:
     """Forward process, loss and samplers for one schedule and parametrisation."""
 
     def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps",
-                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0):
+                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0,
+                 sample_noise_correlation: float | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
         if min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0, got {min_snr_gamma}")
         if motion_weight < 0:
             raise ValueError(f"motion_weight must be >= 0, got {motion_weight}")
-        if not 0 <= frame_noise_correlation < 1:
-            raise ValueError(f"frame_noise_correlation must be in [0, 1), got {frame_noise_correlation}")
+        if sample_noise_correlation is None:
+            sample_noise_correlation = frame_noise_correlation
+        for name, rho in (("frame_noise_correlation", frame_noise_correlation),
+                          ("sample_noise_correlation", sample_noise_correlation)):
+            if not 0 <= rho < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {rho}")
         self.min_snr_gamma, self.motion_weight = min_snr_gamma, motion_weight
-        self.frame_noise_correlation = frame_noise_correlation
+        self.frame_noise_correlation = frame_noise_correlation  # training noise
+        self.sample_noise_correlation = sample_noise_correlation  # the samplers' draws
         self.schedule = make_schedule(schedule, timesteps)
         self.schedule_name = schedule
         self.num_timesteps = timesteps
@@ -66,7 +72,8 @@ class GaussianDiffusion:
     def from_config(cls, dc: DiffusionConfig) -> "GaussianDiffusion":
         """The process a DiffusionConfig (diffusion section of config.py) describes."""
         return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma, dc.motion_weight,
-                   dc.frame_noise_correlation)
+                   dc.frame_noise_correlation,
+                   None if dc.sample_noise_correlation < 0 else dc.sample_noise_correlation)
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.num_timesteps}, "
@@ -103,7 +110,7 @@ class GaussianDiffusion:
     # ----------------------------------------------------------------------------------------------------------
     # forward process and training
 
-    def correlate_frames(self, noise: torch.Tensor) -> torch.Tensor:
+    def correlate_frames(self, noise: torch.Tensor, rho: float | None = None) -> torch.Tensor:
         """i.i.d. noise (B, C, T, H, W) -> noise whose frames share a part: each pixel still N(0, 1), frame pairs
         correlated by rho = frame_noise_correlation (the mixed noise prior of PYoCo, Ge et al. 2023).
 
@@ -112,7 +119,7 @@ class GaussianDiffusion:
         (1 - rho) I + rho 11^T applied to the draw: sqrt(1 - rho) eps + (sqrt(1 - rho + rho T) - sqrt(1 - rho))
         mean_T(eps), so the random streams are the same as without it and rho = 0 returns noise unchanged.
         """
-        rho = self.frame_noise_correlation
+        rho = self.frame_noise_correlation if rho is None else rho
         if rho == 0:
             return noise
         T = noise.shape[2]
@@ -260,12 +267,13 @@ class GaussianDiffusion:
         `model_fn(x_t, model_time)` returns the raw network output; classifier-free guidance belongs inside it.
         """
         timesteps = self.sampling_timesteps(steps, sampler)
-        x = self.correlate_frames(draw_noise(shape, generator)).to(device)
+        rho = self.sample_noise_correlation
+        x = self.correlate_frames(draw_noise(shape, generator), rho).to(device)
         needs_noise = sampler == "ddpm" or eta > 0
         for i, step in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t = torch.full((shape[0],), step, dtype=torch.long, device=device)
             model_out = model_fn(x, self.model_time(t))
-            noise = self.correlate_frames(draw_noise(shape, generator)).to(device) if needs_noise else None
+            noise = self.correlate_frames(draw_noise(shape, generator), rho).to(device) if needs_noise else None
             if sampler == "ddpm":
                 x = self.ddpm_step(x, t, model_out, noise=noise, clip_x0=clip_x0)
             else:
