@@ -127,7 +127,8 @@ def cmd_train_evaluator(args) -> int:
 def cmd_evaluate(args) -> int:
     from methods.evaluation.evaluate import evaluate
 
-    report = evaluate(args.checkpoint or args.model, data_dir=args.data, split=args.split, num_captions=args.num_captions,
+    report = evaluate(args.checkpoint or args.model, data_dir=args.data, split=args.split,
+                      num_captions=args.num_captions,
                       sampling=sampling_flags(args), num_samples=args.num_samples, seed=args.seed, out=args.out,
                       evaluator=args.evaluator, device=args.device, batch_size=args.batch_size)
     for name, g in report["groups"].items():

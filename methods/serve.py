@@ -90,7 +90,8 @@ class SignModel:
         finally:
             with self.count_lock:
                 self.waiting -= 1
-        return {"text": text, "gif": f"/outputs/{os.path.basename(gif)}", "strip": f"/outputs/{os.path.basename(strip)}",
+        return {"text": text, "gif": f"/outputs/{os.path.basename(gif)}",
+                "strip": f"/outputs/{os.path.basename(strip)}",
                 "frames": int(clips.shape[1]), "seconds": round(seconds, 2), "steps": settings.steps,
                 "guidance": settings.guidance, "seed": seed, "unknown_words": unknown_words([text], self.state)}
 
@@ -118,8 +119,9 @@ def make_handler(model: SignModel, page: bytes):
             except ValueError:
                 length = -1
             if not 0 < length <= MAX_BODY:
-                return self.json(HTTPStatus.BAD_REQUEST, {"error": f"the request must be 1 to {MAX_BODY} bytes of "
-                                                                   f"JSON (the caption is at most {MAX_TEXT} characters)"})
+                return self.json(HTTPStatus.BAD_REQUEST, {
+                    "error": f"the request must be 1 to {MAX_BODY} bytes of JSON (the caption is at most {MAX_TEXT} "
+                             f"characters)"})
             try:
                 request = json.loads(self.rfile.read(length).decode("utf-8"))
                 if not isinstance(request, dict):

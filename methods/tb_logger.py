@@ -46,10 +46,10 @@ def new_run_dir(root: str) -> str:
 class TBLogger:
     """One run folder's event writer plus the running windows that the logged means are taken over."""
 
-    def __init__(self, run_dir: str, tc: TrainConfig, total_steps: int, enabled: bool = True):
-        """enabled=False (ranks other than 0) logs nothing, as train.tensorboard=false does."""
+    def __init__(self, run_dir: str, tc: TrainConfig, total_steps: int):
+        """Ranks other than 0 of a torchrun job log nothing, as train.tensorboard=false does."""
         self.run_dir, self.total_steps = run_dir, total_steps
-        self.enabled = bool(tc.tensorboard) and enabled and is_main_process()
+        self.enabled = bool(tc.tensorboard) and is_main_process()
         self.log_every, self.stats_every, self.hist_every = tc.log_every, tc.stats_every, tc.hist_every
         self.samples_per_step = tc.batch_size * tc.grad_accum * launcher_world().world_size  # the global batch
         self.warmup, self.base_lr, self.seed = tc.warmup_steps, tc.lr, tc.seed

@@ -180,7 +180,7 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> list[float]:
         """The loop; SIGINT / SIGTERM (on any rank) or reaching stop_at saves latest.pt at the next step boundary."""
         tc = self.cfg.train
-        self.logger = TBLogger(self.run_dir, tc, self.total_steps, enabled=self.world.is_main)
+        self.logger = TBLogger(self.run_dir, tc, self.total_steps)
         self.logger.start(self.step, self.epoch, self.cfg.to_dict(), self.model, self.diffusion, self.device)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=tc.exp_name, dynamic_ncols=True,
                    disable=self.quiet, file=sys.stderr)

@@ -175,7 +175,7 @@ def test_an_error_on_rank_0_alone_ends_the_job_with_its_message(tmp_path, overri
         job = torchrun(["train", *args], timeout=120)
     assert job.returncode != 0
     errors = [line for line in job.stderr.splitlines() if "error:" in line]
-    assert errors == [f"rank 0: error: experiment folder {lock} is in use by another run (unknown process): wait for it "
-                      f"to finish, stop it, or choose another train.exp_name"], job.stderr[-3000:]
+    assert errors == [f"rank 0: error: experiment folder {lock} is in use by another run (unknown process): wait for "
+                      f"it to finish, stop it, or choose another train.exp_name"], job.stderr[-3000:]
     root_cause = job.stderr.split("Root Cause")[1]
     assert "rank      : 0 (local_rank: 0)" in root_cause and "exitcode  : 2" in root_cause  # not the quiet rank 1
