@@ -76,7 +76,8 @@ def sampling_flags(args) -> dict:
 
 
 def cmd_sample(args) -> int:
-    from methods.sampling import SamplingSettings, generate, load_ema_model, sample_seed, save_gifs, warn_unknown_words
+    from methods.sampling import (SamplingSettings, load_ema_model, sample_captions, sample_seed, save_gifs,
+                                  warn_unknown_words)
     from models.text_encoder import FrozenTextEncoder
     from utils.device import select_device
 
@@ -90,9 +91,9 @@ def cmd_sample(args) -> int:
     warn_unknown_words(args.text, state)
     jobs = [(text, j) for text in args.text for j in range(args.num_samples)]
     texts = [text for text, _ in jobs]
-    embeddings = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device).encode(texts)
-    clips = generate(model, diffusion, embeddings, settings, [sample_seed(args.seed, t, j) for t, j in jobs],
-                     num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, device=device, progress=True)
+    encoder = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device)
+    clips = sample_captions(cfg, model, diffusion, encoder, texts, settings,
+                            [sample_seed(args.seed, t, j) for t, j in jobs], device, progress=True)
     out_dir = args.output_dir or os.path.join(cfg.train.sample_dir, cfg.train.exp_name)
     for path in save_gifs(clips, texts, out_dir, suffix=f"_seed{args.seed}"):
         print(path)

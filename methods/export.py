@@ -9,7 +9,7 @@ import shutil
 from methods.checkpoint import load_checkpoint, nonfinite_summary
 from methods.configure import config_from_checkpoint
 from methods.exported import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, is_export, write_export
-from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
+from methods.sampling import SamplingSettings, sample_captions, sample_seed, save_gifs
 from utils.atomic import atomic_write
 from utils.errors import UserError
 
@@ -80,10 +80,9 @@ def write_samples(out_dir: str, captions: list[str], device) -> list[str]:
     from models.text_encoder import FrozenTextEncoder
 
     cfg, model, diffusion, _ = load_ema_model(out_dir, device)
-    text = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device).encode(captions)
-    clips = generate(model, diffusion, text, SamplingSettings.resolve(cfg.diffusion),
-                     [sample_seed(SAMPLE_SEED, c, 0) for c in captions], num_frames=cfg.data.num_frames,
-                     image_size=cfg.data.image_size, device=device)
+    encoder = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device)
+    clips = sample_captions(cfg, model, diffusion, encoder, captions, SamplingSettings.resolve(cfg.diffusion),
+                            [sample_seed(SAMPLE_SEED, c, 0) for c in captions], device)
     folder = os.path.join(out_dir, SAMPLES_DIR)
     shutil.rmtree(folder, ignore_errors=True)  # an earlier export's samples
     return [os.path.relpath(p, out_dir) for p in save_gifs(clips, captions, folder)]

@@ -130,6 +130,14 @@ def generate(model, diffusion, text: TextEmbeddings, settings: SamplingSettings,
     return to_uint8(x0)
 
 
+def sample_captions(cfg, model, diffusion, encoder, captions: list[str], settings: SamplingSettings,
+                    seeds: list[int], device, progress: bool = False) -> np.ndarray:
+    """Clips (N, T, H, W, 3) of a loaded model for `captions` (encoded by `encoder`), clip i from seeds[i], at the
+    frames and size the model was trained on."""
+    return generate(model, diffusion, encoder.encode(captions), settings, seeds, num_frames=cfg.data.num_frames,
+                    image_size=cfg.data.image_size, device=device, progress=progress)
+
+
 def save_gifs(clips: np.ndarray, texts: list[str], out_dir: str, suffix: str = "",
               duration_ms: int = 100) -> list[str]:
     """Write one GIF per clip; names come from the caption, never overwriting an existing file."""

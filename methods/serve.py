@@ -16,7 +16,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from methods.sampling import SamplingSettings, generate, load_ema_model, sample_seed, save_gifs, unknown_words
+from methods.sampling import SamplingSettings, load_ema_model, sample_captions, sample_seed, save_gifs, unknown_words
 from methods.tb_images import frame_strip, png_bytes, upscale
 from utils.atomic import atomic_write
 from utils.errors import UserError
@@ -78,10 +78,8 @@ class SignModel:
         try:
             with self.lock:
                 t0 = time.perf_counter()
-                embedding = self.encoder.encode([text])
-                clips = generate(self.model, self.diffusion, embedding, settings, [sample_seed(seed, text, 0)],
-                                 num_frames=self.cfg.data.num_frames, image_size=self.cfg.data.image_size,
-                                 device=self.device)
+                clips = sample_captions(self.cfg, self.model, self.diffusion, self.encoder, [text], settings,
+                                        [sample_seed(seed, text, 0)], self.device)
                 (gif,) = save_gifs(clips, [text], self.out_dir, suffix=f"_seed{seed}")
                 strip = os.path.splitext(gif)[0] + ".png"
                 with atomic_write(strip) as f:

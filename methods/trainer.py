@@ -133,31 +133,33 @@ class Trainer:
         return self._order[1]
 
     def next_batch(self):
-        """This rank's rows of the next global micro-batch, with (its rows, the global batch's size)."""
+        """This rank's rows of the next global micro-batch: (videos, text, rows, the global batch's size, whether the
+        rows count toward the loss)."""
         n = self.micro_batch
         idx = self.epoch_order(self.epoch)[self.batch_in_epoch * n:(self.batch_in_epoch + 1) * n]
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        rows = range(*self.world.shard(len(idx)))
+        n, rows = len(idx), range(*self.world.shard(len(idx)))
         # A rank left without rows of a short last batch trains on the last row with weight 0: it must still join
         # the gradient all-reduce.
-        videos, caption_ids = self.data.get_batch(idx[rows.start:rows.stop] if rows else idx[-1:], device=self.device)
-        return videos, self.text.select(caption_ids), rows, len(idx)
+        counted, rows = bool(rows), rows or range(n - 1, n)
+        videos, caption_ids = self.data.get_batch(idx[rows.start:rows.stop], device=self.device)
+        return videos, self.text.select(caption_ids), rows, n, counted
 
-    def micro_step(self, videos, text, rows: range, n: int) -> dict:
+    def micro_step(self, videos, text, rows: range, n: int, counted: bool = True) -> dict:
         """Loss of this rank's rows of an n-clip global micro-batch. Timesteps and caption dropout are drawn for all
         n rows from the trainer's stream (the same on every rank) and noise from one seed per row, so a row trains
         the same whichever rank holds it. "loss" is this rank's share: summed over ranks it is the batch mean."""
-        mine = slice(rows.start, rows.stop) if rows else slice(n - 1, n)
+        mine = slice(rows.start, rows.stop)
         seed = int(torch.randint(2 ** 62, (1,), generator=self.generator))
         t = self.diffusion.sample_timesteps(n, generator=self.generator)[mine].to(self.device)
         drop = (torch.rand(n, generator=self.generator) < self.cfg.model.caption_dropout)[mine].to(self.device)
-        noise = row_noise(seed, range(mine.start, mine.stop), videos.shape[1:], self.device)
+        noise = row_noise(seed, rows, videos.shape[1:], self.device)
         with autocast(self.device, self.amp_dtype):
             out = self.diffusion.training_losses(self.net, videos, t, noise, text_tokens=text.tokens,
                                                  text_mask=text.mask, pooled=text.pooled, drop=drop)
-        out["loss"] = out["loss_per_sample"].sum() * (1 / n if rows else 0.0)
+        out["loss"] = out["loss_per_sample"].sum() * (1 / n if counted else 0.0)
         return {**out, "t": t}
 
     def train(self, stop_at: int | None = None) -> list[float]:
