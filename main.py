@@ -15,7 +15,7 @@ import time
 from config import add_config_args, format_config
 from utils.errors import UserError
 
-PEER_EXIT_DELAY_S = 2.0  # seconds a rank stopped by another rank's failure waits before it exits
+PEER_EXIT_DELAY_S = 5.0  # seconds a rank stopped by another rank's failure waits to exit (torchrun ends it sooner)
 
 
 def cmd_train(args) -> int:

@@ -5,11 +5,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from conftest import run, sets, tiny_overrides
+from conftest import in_process, run, sets, tiny_overrides
 
 def test_synth_train_resume_sample(tmp_path, tiny_encoder):
     data = tmp_path / "data"
-    r = run("synth-data", "--out", str(data), "--num", "10", "--seed", "1", "--size", "32", "--frames", "8")
+    r = in_process("synth-data", "--out", str(data), "--num", "10", "--seed", "1", "--size", "32", "--frames", "8")
     assert r.returncode == 0, r.stderr
     assert len(list(data.glob("*.gif"))) == 10 and len(list(data.glob("synth_*.txt"))) == 10
 
@@ -39,12 +39,12 @@ def test_synth_train_resume_sample(tmp_path, tiny_encoder):
     assert "never in the training captions" in r.stderr and "'etc'" in r.stderr
 
     # The same caption gets the same clip whatever it is sampled beside; --steps 0 no longer means "default".
-    r = run("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "zebra hello", "--text", "../../etc/hello?*",
-            "--steps", "3", "--output_dir", str(out / "pair"), cwd=tmp_path)
+    r = in_process("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "zebra hello", "--text",
+                   "../../etc/hello?*", "--steps", "3", "--output_dir", str(out / "pair"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert np.array_equal(iio.imread(r.stdout.split()[1], index=None), frames)
     assert r.stderr.count("warning: never in the training captions") == 1 and "'zebra'" in r.stderr
-    r = run("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "hi", "--steps", "0", cwd=tmp_path)
+    r = in_process("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "hi", "--steps", "0", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "error: --steps must be in [1, 50] (the model's diffusion.timesteps), got 0"
 
 

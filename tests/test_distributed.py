@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing import event_accumulator as ea_mod
 
-from conftest import ROOT, run, sets, tiny_overrides
+from conftest import ROOT, in_process, run, sets, tiny_overrides
 from methods.trainer import row_noise
 from utils.distributed import World
 
@@ -64,15 +64,13 @@ def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-def assert_same_run(dir_a, dir_b, name="final.pt"):
-    a, b = weights(os.path.join(dir_a, "checkpoints", "tiny", name)), weights(os.path.join(dir_b, "checkpoints",
-                                                                                           "tiny", name))
+def assert_same_run(a_path, b_path):
+    a, b = weights(a_path), weights(b_path)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=WEIGHT_ATOL, rtol=0, msg=key)
 
 
-@pytest.fixture
-def overrides(synth_dir, tiny_encoder):
+def make_overrides(synth_dir, tiny_encoder):
     def make(folder, **extra):
         os.makedirs(folder, exist_ok=True)
         # 13 training clips in micro-batches of 2 x 2, two per step: every 4th micro-batch holds one clip, so rank 0
@@ -84,21 +82,43 @@ def overrides(synth_dir, tiny_encoder):
     return make
 
 
-def test_two_processes_of_batch_b_train_as_one_process_of_batch_2b(tmp_path, overrides):
-    two = torchrun(["train", *overrides(tmp_path / "two")])
-    assert two.returncode == 0, two.stderr[-3000:]
+@pytest.fixture
+def overrides(synth_dir, tiny_encoder):
+    return make_overrides(synth_dir, tiny_encoder)
+
+
+# The reference every test compares with: one uninterrupted 2-process run with a checkpoint after each step. The
+# learning rate is constant, so its step-N checkpoint is what a run of max_steps=N ends with.
+STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, synth_dir, tiny_encoder):
+    folder = tmp_path_factory.mktemp("two")
+    extra = {"train.max_steps": STEPS, "train.checkpoint_every": 1}
+    job = torchrun(["train", *make_overrides(synth_dir, tiny_encoder)(folder, **extra)])
+    assert job.returncode == 0, job.stderr[-3000:]
+    return folder, job
+
+
+def reference_checkpoint(reference, step):
+    return reference[0] / "checkpoints" / "tiny" / (f"step_{step:07d}.pt" if step < STEPS else "final.pt")
+
+
+def test_two_processes_of_batch_b_train_as_one_process_of_batch_2b(tmp_path, overrides, reference):
+    two_dir, two = reference
     one = run("train", *overrides(tmp_path / "one", **{"train.batch_size": 4}))
     assert one.returncode == 0, one.stderr[-3000:]
-    loss_two, loss_one = scalars(tmp_path / "two" / "logs"), scalars(tmp_path / "one" / "logs")
+    loss_two, loss_one = scalars(two_dir / "logs")[:6], scalars(tmp_path / "one" / "logs")
     assert [s for s, _ in loss_two] == [s for s, _ in loss_one] == list(range(1, 7))
     torch.testing.assert_close([v for _, v in loss_two], [v for _, v in loss_one], rtol=LOSS_RTOL, atol=0)
-    assert_same_run(tmp_path / "two", tmp_path / "one")
+    assert_same_run(reference_checkpoint(reference, 6), tmp_path / "one" / "checkpoints" / "tiny" / "final.pt")
     # rank 0 alone wrote: one run folder of logs, one set of checkpoints, one "checkpoints:" report
-    assert sorted(os.listdir(tmp_path / "two" / "checkpoints" / "tiny")) == [
-        "final.pt", "latest.pt", "step_0000002.pt", "step_0000004.pt"]
-    assert len(glob.glob(str(tmp_path / "two" / "logs" / "*" / "run-*"))) == 1
+    assert sorted(os.listdir(two_dir / "checkpoints" / "tiny")) == sorted(
+        ["final.pt", "latest.pt"] + [f"step_{s:07d}.pt" for s in range(1, STEPS)])  # step STEPS is final.pt
+    assert len(glob.glob(str(two_dir / "logs" / "*" / "run-*"))) == 1
     assert two.stdout.count("checkpoints:") == 1
-    state = torch.load(tmp_path / "two" / "checkpoints" / "tiny" / "final.pt", weights_only=True)
+    state = torch.load(reference_checkpoint(reference, STEPS), weights_only=True)
     assert (state["world_size"], state["micro_batch"], len(state["rank_rngs"])) == (2, 4, 1)
 
 
@@ -121,11 +141,9 @@ def rank_pid(parent: int, rank: int, timeout=60) -> int:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker through /proc")
-def test_sigterm_to_one_rank_stops_both_with_one_save_and_resume_matches_an_uninterrupted_run(tmp_path, overrides):
-    extra = {"train.max_steps": 40, "train.checkpoint_every": 1000}
-    full = torchrun(["train", *overrides(tmp_path / "full", **extra)])
-    assert full.returncode == 0, full.stderr[-3000:]
-
+def test_sigterm_to_one_rank_stops_both_with_one_save_and_resume_matches_an_uninterrupted_run(tmp_path, overrides,
+                                                                                               reference):
+    extra = {"train.max_steps": STEPS, "train.checkpoint_every": 1000}
     args = overrides(tmp_path / "cut", **{**extra, "train.checkpoint_every": 1})
     job = torchrun(["train", *args], wait=False)
     ckpt = tmp_path / "cut" / "checkpoints" / "tiny"
@@ -135,7 +153,7 @@ def test_sigterm_to_one_rank_stops_both_with_one_save_and_resume_matches_an_unin
     os.kill(worker, signal.SIGTERM)  # rank 1 alone: rank 0 learns of it in the step's all-reduce
     out, err = job.communicate(timeout=300)
     stopped = torch.load(ckpt / "latest.pt", weights_only=True)["step"]
-    assert 2 <= stopped < 40 and not (ckpt / "final.pt").exists(), err[-2000:]
+    assert 2 <= stopped < STEPS and not (ckpt / "final.pt").exists(), err[-2000:]
     assert err.count("latest.pt saved") == 1 and f"stopped by SIGTERM at step {stopped}" in err
     # no traceback through our code (torchrun prints its own on reporting the workers' exit code 143)
     assert 'main.py", line' not in err and job.returncode != 0
@@ -146,22 +164,20 @@ def test_sigterm_to_one_rank_stops_both_with_one_save_and_resume_matches_an_unin
     again = torchrun(["train", "--resume", *overrides(tmp_path / "cut", **extra)])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" in again.stderr and again.stderr.count("resuming") == 1
-    full_w, cut_w = weights(tmp_path / "full" / "checkpoints" / "tiny" / "final.pt"), weights(ckpt / "final.pt")
+    full_w, cut_w = weights(reference_checkpoint(reference, STEPS)), weights(ckpt / "final.pt")
     assert all(torch.equal(full_w[k], cut_w[k]) for k in full_w)  # same ranks, same sums: bit for bit
 
 
-def test_resume_with_another_process_count_at_the_same_micro_batch_continues(tmp_path, overrides):
-    full = torchrun(["train", *overrides(tmp_path / "full", **{"train.max_steps": 3})])
-    assert full.returncode == 0, full.stderr[-3000:]
+def test_resume_with_another_process_count_at_the_same_micro_batch_continues(tmp_path, overrides, reference):
     first = torchrun(["train", *overrides(tmp_path / "cut", **{"train.max_steps": 1})])  # 8 clips into epoch 0
     assert first.returncode == 0, first.stderr[-3000:]
-    bad = run("train", "--resume", *overrides(tmp_path / "cut", **{"train.max_steps": 3, "train.batch_size": 3}))
+    bad = in_process("train", "--resume", *overrides(tmp_path / "cut", **{"train.max_steps": 3, "train.batch_size": 3}))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("error:") == 1, bad.stderr
     assert "stopped 8 clips into epoch 0 (micro-batches of 4 clips), which is not a whole number of this run's " \
            "micro-batches of 3" in bad.stderr
     again = run("train", "--resume", *overrides(tmp_path / "cut", **{"train.max_steps": 3, "train.batch_size": 4}))
     assert again.returncode == 0, again.stderr[-3000:]  # 1 x 4 = 2 x 2 clips per micro-batch: the same rows
-    assert_same_run(tmp_path / "full", tmp_path / "cut")
+    assert_same_run(reference_checkpoint(reference, 3), tmp_path / "cut" / "checkpoints" / "tiny" / "final.pt")
 
 
 def test_an_error_on_rank_0_alone_ends_the_job_with_its_message(tmp_path, overrides):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import main
-from conftest import run, sets, tiny_overrides
+from conftest import in_process, run, sets, tiny_overrides
 from methods.configure import load_config
 from methods.evaluation.captions import heldout_set, pick_captions
 from methods.evaluation.metrics import frechet_distance, psnr, retrieval_ranks, score_clips, seen_unseen, ssim, temporal_change
@@ -216,11 +216,12 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
     monkeypatch.chdir(tmp_path)
 
     for args, needle in ((["--split", "test"], "--split must be one of val, train"), ([], "train-evaluator")):
-        r = run("evaluate", "--checkpoint", ckpt, *args, cwd=tmp_path)  # bad split; no evaluator yet
+        r = in_process("evaluate", "--checkpoint", ckpt, *args, cwd=tmp_path)  # bad split; no evaluator yet
         assert r.returncode == 2 and needle in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
-    r = run("train-evaluator", *sets(overrides + ["eval.evaluator_steps=5", "eval.evaluator_dim=16"]), cwd=tmp_path)
+    r = in_process("train-evaluator", *sets(overrides + ["eval.evaluator_steps=5", "eval.evaluator_dim=16"]),
+                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(tmp_path / "checkpoints" / "tiny" / "evaluator.pt") and "R@1" in r.stderr
 
@@ -243,17 +244,17 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
     logs = list((tmp_path / "logs").rglob("events.out.tfevents*"))
     assert any("eval" in str(p.parent) for p in logs)
 
-    # Same seed, same numbers.
-    r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
-            "--out", str(tmp_path / "again.json"), cwd=tmp_path)
+    # Same seed, same numbers (in process from here: the same code without a start-up each).
+    r = in_process("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+                   "--out", str(tmp_path / "again.json"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["groups"]["train"]["generated_r1"] == report["groups"]["train"]["generated_r1"]
     assert again["groups"]["train"]["ssim"] == report["groups"]["train"]["ssim"]
 
     # Batching is speed only: every caption keeps its own seed.
-    r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
-            "--batch_size", "1", "--out", str(tmp_path / "one.json"), cwd=tmp_path)
+    r = in_process("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+                   "--batch_size", "1", "--out", str(tmp_path / "one.json"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     one = json.loads((tmp_path / "one.json").read_text())
     for group in ("train", "heldout"):
@@ -261,8 +262,8 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
             assert one["groups"][group][key] == pytest.approx(report["groups"][group][key], abs=1e-4), (group, key)
 
     # Two clips per caption, batched across samples: the first is the clip of a one-sample run; grids show both.
-    r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
-            "--num_samples", "2", "--batch_size", "4", "--out", str(tmp_path / "two.json"), cwd=tmp_path)
+    r = in_process("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+                   "--num_samples", "2", "--batch_size", "4", "--out", str(tmp_path / "two.json"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["samples_per_caption"] == 2 and "x 2 samples" in r.stderr
@@ -283,8 +284,8 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
     runs = {}
     for split in ("train", "val"):
         out = tmp_path / f"split_{split}.json"
-        r = run("evaluate", "--checkpoint", ckpt, "--split", split, "--num_captions", "4", "--steps", "2",
-                "--out", str(out), cwd=tmp_path)
+        r = in_process("evaluate", "--checkpoint", ckpt, "--split", split, "--num_captions", "4", "--steps", "2",
+                       "--out", str(out), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         runs[split] = json.loads(out.read_text())
     assert (runs["train"]["groups"]["train"]["num_captions"], runs["val"]["groups"]["val"]["num_captions"]) == (4, 3)
@@ -306,8 +307,8 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
         assert main.main(["evaluate", "--checkpoint", ckpt, *args]) == 2
         err = capsys.readouterr().err
         assert needle in err and f"train-evaluator --checkpoint {ckpt}" in err and len(err.strip().splitlines()) == 1
-    r = run("train-evaluator", "--checkpoint", ckpt, "--set", "eval.evaluator_steps=2", "--set", "eval.evaluator_dim=8",
-            "--data", str(other), cwd=tmp_path)
+    r = in_process("train-evaluator", "--checkpoint", ckpt, "--set", "eval.evaluator_steps=2", "--set",
+                   "eval.evaluator_dim=8", "--data", str(other), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     state = torch.load(r.stdout.strip(), weights_only=True)
     trained = torch.load(ckpt, weights_only=True)["config"]["data"]
