@@ -72,7 +72,8 @@ def train(trainer) -> int:
 
 def sampling_flags(args) -> dict:
     """The sampling flags `sample` and `evaluate` share, for SamplingSettings.resolve."""
-    return dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler, eta=args.eta)
+    return dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler, eta=args.eta,
+                noise_correlation=args.noise_correlation)
 
 
 def cmd_sample(args) -> int:
@@ -244,6 +245,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance scale, 1 = off (default: diffusion.guidance_scale)")
     p.add_argument("--sampler", default=None, help="ddim or ddpm (default: diffusion.sampler)")
     p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (default: diffusion.eta)")
+    p.add_argument("--noise_correlation", type=float, default=None,
+                   help="share of the noise a clip's frames have in common, in [0, 1); higher flickers less "
+                        "(default: diffusion.sample_noise_correlation)")
     p.add_argument("--seed", type=int, default=0, help="clip j of caption c draws its noise from (seed, c, j)")
     p.add_argument("--device", default="auto")
 

@@ -2,8 +2,8 @@
 
     python main.py train-evaluator                                   # once: checkpoints/demo/evaluator.pt
     python benchmarks/eval_demo.py --checkpoints checkpoints/demo/step_0000500.pt checkpoints/demo/final.pt \
-        [--split train] [--num_captions 32] [--num_samples N] [--guidance 1 3 5] [--steps S] [--evaluator PATH] \
-        [--out_dir DIR]
+        [--split train] [--num_captions 32] [--num_samples N] [--guidance 1 3 5] [--steps S] [--noise_correlation R] \
+        [--evaluator PATH] [--out_dir DIR]
 
 One markdown row per (checkpoint, guidance, group): generated R@1 ± its standard error over captions / real R@1
 (their ratio; the issue's target is >= 0.9 on seen and >= 0.7 on unseen captions) and chance, R@5, Frechet distance
@@ -24,15 +24,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from methods.evaluation.evaluate import evaluate  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
-HEADER = ("| checkpoint | step | guidance | group | K x N | R@1 gen ± se / real (ratio) | chance | R@5 gen / real | "
-          "Frechet | SSIM | PSNR dB | change gen / real | s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| checkpoint | step | guidance | noise rho | group | K x N | R@1 gen ± se / real (ratio) | chance | "
+          "R@5 gen / real | Frechet | SSIM | PSNR dB | change gen / real | s |\n" + "|---" * 14 + "|")
 
 
 def row(ckpt: str, report: dict, group: str, g: dict, seconds: float) -> str:
     ratio = "-" if g["r1_ratio"] is None else f"{g['r1_ratio']:.2f}"
-    return (f"| {os.path.basename(ckpt)} | {report['step']} | {report['guidance']:g} | {group} | "
-            f"{g['num_captions']} x {g['samples_per_caption']} | {g['generated_r1']:.3f} ± "
-            f"{g['generated_r1_se']:.3f} / {g['real_r1']:.3f} ({ratio}) | {g['chance_r1']:.3f} | "
+    return (f"| {os.path.basename(ckpt)} | {report['step']} | {report['guidance']:g} | "
+            f"{report['noise_correlation']:g} | {group} | {g['num_captions']} x {g['samples_per_caption']} | "
+            f"{g['generated_r1']:.3f} ± {g['generated_r1_se']:.3f} / {g['real_r1']:.3f} ({ratio}) | {g['chance_r1']:.3f} | "
             f"{g['generated_r5']:.3f} / {g['real_r5']:.3f} | {g['frechet_distance']:.3f} | {g['ssim']:.3f} | "
             f"{g['psnr']:.2f} | {g['temporal_change_generated']:.2f} / {g['temporal_change_real']:.2f} | "
             f"{seconds:.0f} |")
@@ -46,6 +46,7 @@ def main() -> int:
     p.add_argument("--num_captions", type=int, default=32)
     p.add_argument("--num_samples", type=int, default=1, help="clips per caption")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--noise_correlation", type=float, default=None, help="default: each checkpoint's own")
     p.add_argument("--evaluator", default=None, help="default: evaluator.pt next to each checkpoint")
     p.add_argument("--data", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +59,8 @@ def main() -> int:
                 stem = f"{os.path.splitext(os.path.basename(ckpt))[0]}_g{guidance if guidance is not None else 'cfg'}"
                 t0 = time.perf_counter()
                 report = evaluate(ckpt, data_dir=args.data, split=args.split, num_captions=args.num_captions,
-                                  sampling={"steps": args.steps, "guidance": guidance}, evaluator=args.evaluator,
+                                  sampling={"steps": args.steps, "guidance": guidance,
+                                            "noise_correlation": args.noise_correlation}, evaluator=args.evaluator,
                                   seed=args.seed, num_samples=args.num_samples, progress=False,
                                   out=os.path.join(args.out_dir, f"{stem}_{args.split}.json"))
                 for group, g in report["groups"].items():

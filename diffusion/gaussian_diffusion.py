@@ -26,23 +26,17 @@ class GaussianDiffusion:
     """Forward process, loss and samplers for one schedule and parametrisation."""
 
     def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps",
-                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0,
-                 sample_noise_correlation: float | None = None):
+                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
         if min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0, got {min_snr_gamma}")
         if motion_weight < 0:
             raise ValueError(f"motion_weight must be >= 0, got {motion_weight}")
-        if sample_noise_correlation is None:
-            sample_noise_correlation = frame_noise_correlation
-        for name, rho in (("frame_noise_correlation", frame_noise_correlation),
-                          ("sample_noise_correlation", sample_noise_correlation)):
-            if not 0 <= rho < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {rho}")
+        if not 0 <= frame_noise_correlation < 1:
+            raise ValueError(f"frame_noise_correlation must be in [0, 1), got {frame_noise_correlation}")
         self.min_snr_gamma, self.motion_weight = min_snr_gamma, motion_weight
-        self.frame_noise_correlation = frame_noise_correlation  # training noise
-        self.sample_noise_correlation = sample_noise_correlation  # the samplers' draws
+        self.frame_noise_correlation = frame_noise_correlation
         self.schedule = make_schedule(schedule, timesteps)
         self.schedule_name = schedule
         self.num_timesteps = timesteps
@@ -72,8 +66,7 @@ class GaussianDiffusion:
     def from_config(cls, dc: DiffusionConfig) -> "GaussianDiffusion":
         """The process a DiffusionConfig (diffusion section of config.py) describes."""
         return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma, dc.motion_weight,
-                   dc.frame_noise_correlation,
-                   None if dc.sample_noise_correlation < 0 else dc.sample_noise_correlation)
+                   dc.frame_noise_correlation)
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.num_timesteps}, "
@@ -259,15 +252,21 @@ class GaussianDiffusion:
     def sample(self, model_fn: ModelFn, shape: tuple[int, ...] | torch.Size, steps: int | None = None,
                sampler: str = "ddim", eta: float = 0.0,
                generator: torch.Generator | list[torch.Generator] | None = None,
-               device: torch.device | str = "cpu", clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
+               device: torch.device | str = "cpu", clip_x0: bool = True, progress: bool = False,
+               noise_correlation: float | None = None) -> torch.Tensor:
         """Draw x0 samples of `shape` (batch first) by running the reverse process from pure noise.
+
+        `noise_correlation`: the share of the noise a clip's frames have in common (`correlate_frames`; default:
+        training's frame_noise_correlation). Above training's it flickers less (SamplingSettings picks it).
 
         All noise is drawn on CPU from `generator` and then moved, so a seed gives the same samples on any device.
         A list of generators, one per sample, makes each sample's noise independent of what it is batched with.
         `model_fn(x_t, model_time)` returns the raw network output; classifier-free guidance belongs inside it.
         """
         timesteps = self.sampling_timesteps(steps, sampler)
-        rho = self.sample_noise_correlation
+        rho = self.frame_noise_correlation if noise_correlation is None else noise_correlation
+        if not 0 <= rho < 1:
+            raise ValueError(f"noise_correlation must be in [0, 1), got {rho}")
         x = self.correlate_frames(draw_noise(shape, generator), rho).to(device)
         needs_noise = sampler == "ddpm" or eta > 0
         for i, step in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False)):

@@ -40,7 +40,7 @@ def export(checkpoint: str, out_dir: str, evaluation: str | None = None, caption
         "architecture": cfg.model.arch, "parameters": n_params, "text_encoder": cfg.text.encoder,
         "num_frames": cfg.data.num_frames, "image_size": cfg.data.image_size,
         "sampling": {"steps": settings.steps, "guidance": settings.guidance, "sampler": settings.sampler,
-                     "eta": settings.eta},
+                     "eta": settings.eta, "noise_correlation": settings.noise_correlation},
         "training": {"clips": state.get("num_clips"), "captions": state.get("num_captions"),
                      "steps": state["step"], "data_folder": os.path.basename(os.path.normpath(cfg.data.data_dir))},
     }
@@ -104,7 +104,8 @@ def model_card(meta: dict, report: dict | None, gifs: list[str]) -> str:
         f"- {t['steps']} optimizer steps on the data folder `{t['data_folder']}`"
         + (f": {t['clips']} training clips with {t['captions']} distinct captions" if t["clips"] else "")
         + f", a vocabulary of {len(meta['caption_words'])} caption words.",
-        f"- Sampling defaults: {s['sampler']} with {s['steps']} steps, classifier-free guidance {s['guidance']:g}.",
+        f"- Sampling defaults: {s['sampler']} with {s['steps']} steps, classifier-free guidance {s['guidance']:g}, "
+        f"starting noise {s.get('noise_correlation', 0):.3g} shared by a clip's frames.",
         "", "## Evaluation", "",
     ]
     if report:

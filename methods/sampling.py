@@ -30,15 +30,18 @@ from utils.pixels import to_uint8
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How clips are drawn: sampler steps, classifier-free guidance weight, sampler and DDIM eta."""
+    """How clips are drawn: sampler steps, classifier-free guidance weight, sampler, DDIM eta and the share of the
+    noise a clip's frames have in common."""
     steps: int
     guidance: float
     sampler: str
     eta: float
+    noise_correlation: float = 0.0
 
     @classmethod
-    def resolve(cls, dc: DiffusionConfig, steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                eta: float | None = None) -> "SamplingSettings":
+    def resolve(cls, dc: DiffusionConfig, steps: int | None = None, guidance: float | None = None,
+                sampler: str | None = None, eta: float | None = None,
+                noise_correlation: float | None = None) -> "SamplingSettings":
         """The DiffusionConfig's defaults with a command's flags on top; every bad value is a one-line UserError."""
         sampler = dc.sampler if sampler is None else sampler
         if sampler not in SAMPLERS:
@@ -58,7 +61,13 @@ class SamplingSettings:
         eta = dc.eta if eta is None else float(eta)
         if not (math.isfinite(eta) and eta >= 0):
             raise UserError(f"--eta must be a finite number >= 0, got {eta}")
-        return cls(steps, guidance, sampler, eta)
+        if noise_correlation is None:  # the config's negative sample_noise_correlation means "as in training"
+            noise_correlation = (dc.sample_noise_correlation if dc.sample_noise_correlation >= 0
+                                 else dc.frame_noise_correlation)
+        noise_correlation = float(noise_correlation)
+        if not 0 <= noise_correlation < 1:
+            raise UserError(f"--noise_correlation must be in [0, 1), got {noise_correlation}")
+        return cls(steps, guidance, sampler, eta, noise_correlation)
 
 
 def sample_seed(seed: int, caption: str, index: int) -> int:
@@ -126,7 +135,8 @@ def generate(model, diffusion, text: TextEmbeddings, settings: SamplingSettings,
     device = torch.device(device)
     with autocast(device, autocast_dtype(device)):  # bf16 matmuls on CUDA, as in training; fp32 elsewhere
         x0 = diffusion.sample(model_fn, shape, steps=settings.steps, sampler=settings.sampler, eta=settings.eta,
-                              generator=generators, device=device, progress=progress)
+                              generator=generators, device=device, progress=progress,
+                              noise_correlation=settings.noise_correlation)
     return to_uint8(x0)
 
 

@@ -231,6 +231,7 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
     report = json.loads(out.read_text())
+    assert report["noise_correlation"] == load_config("demo").diffusion.sample_noise_correlation  # the checkpoint's
     assert set(report["groups"]) == {"train", "heldout"}
     for group in report["groups"].values():
         for key in ("real_r1", "real_r5", "generated_r1", "generated_r5", "chance_r1", "r1_ratio", "frechet_distance",
@@ -274,7 +275,8 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
         with Image.open(rows[0]["grid"]) as grid:
             assert grid.size == (3 * 64 + 2 * 2, 64)  # real | sample 1 | sample 2
     for args, needle in ((["--num_samples", "0"], "--num_samples must be >= 1"), (["--steps", "0"], "--steps must be in"),
-                         (["--steps", "51"], "--steps must be in [1, 50]"), (["--sampler", "euler"], "--sampler")):
+                         (["--steps", "51"], "--steps must be in [1, 50]"), (["--sampler", "euler"], "--sampler"),
+                         (["--noise_correlation", "1"], "--noise_correlation must be in [0, 1)")):
         assert main.main(["evaluate", "--checkpoint", ckpt, *args]) == 2  # in process: the same code, no start-up
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err

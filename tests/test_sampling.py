@@ -11,6 +11,7 @@ from methods.evaluation.evaluate import generate_clips
 from methods.sampling import SamplingSettings, generate, sample_seed, warn_unknown_words
 from models.text_encoder import TextEmbeddings
 from utils.errors import UserError
+from utils.pixels import to_uint8
 
 
 def test_settings_default_to_the_checkpoints_diffusion_config():
@@ -20,6 +21,13 @@ def test_settings_default_to_the_checkpoints_diffusion_config():
     assert SamplingSettings.resolve(dc, sampler="ddpm") == SamplingSettings(50, 4.0, "ddpm", 0.3)
 
 
+def test_noise_correlation_is_the_configs_sampling_value_else_trainings_unless_a_flag_says():
+    assert SamplingSettings.resolve(DiffusionConfig(frame_noise_correlation=0.5)).noise_correlation == 0.5
+    dc = DiffusionConfig(frame_noise_correlation=0.5, sample_noise_correlation=0.9)
+    assert SamplingSettings.resolve(dc).noise_correlation == 0.9
+    assert SamplingSettings.resolve(dc, noise_correlation=0).noise_correlation == 0.0
+
+
 @pytest.mark.parametrize("flags, needle", [
     ({"steps": 0}, "--steps must be in [1, 50]"),  # 0 used to mean "the default" silently
     ({"steps": 51}, "--steps must be in [1, 50]"),
@@ -27,6 +35,9 @@ def test_settings_default_to_the_checkpoints_diffusion_config():
     ({"sampler": "ddpm", "steps": 10}, "ddpm runs all 50"),
     ({"sampler": "euler"}, "--sampler must be one of ddim, ddpm"),
     ({"guidance": float("nan")}, "--guidance must be a finite number"),
+    ({"noise_correlation": 1.0}, "--noise_correlation must be in [0, 1), got 1.0"),
+    ({"noise_correlation": -0.1}, "--noise_correlation must be in [0, 1), got -0.1"),
+    ({"noise_correlation": float("nan")}, "--noise_correlation must be in [0, 1), got nan"),
     ({"guidance": float("inf")}, "--guidance must be a finite number"),
     ({"guidance": -1.0}, "--guidance must be a finite number >= 0"),
     ({"eta": float("nan")}, "--eta must be a finite number"),
@@ -58,7 +69,7 @@ class StubModel(nn.Module):
 class OneModelCall:
     """Stands in for GaussianDiffusion.sample: evaluates the guided model function once and keeps its output."""
 
-    def sample(self, model_fn, shape, steps, sampler, eta, generator, device, progress):
+    def sample(self, model_fn, shape, steps, sampler, eta, generator, device, progress, noise_correlation):
         self.x = draw_noise(shape, generator)
         self.out = model_fn(self.x, torch.zeros(shape[0], dtype=torch.long))
         return torch.zeros(shape)
@@ -94,6 +105,17 @@ def test_guidance_one_is_the_plain_conditional_path():
                              generator=[torch.Generator().manual_seed(s) for s in (5, 6)])
     expected = ((plain.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
     assert np.array_equal(got, expected)
+
+
+def test_generate_starts_from_noise_with_the_settings_frame_correlation():
+    torch.manual_seed(0)
+    model, diffusion = StubModel(), GaussianDiffusion("cosine", 10, "eps")
+    text = stub_text([0.25, -0.5])
+    clips = {rho: generate(model, diffusion, text, SamplingSettings(4, 1.0, "ddim", 0.0, rho), [5, 6], num_frames=2,
+                           image_size=4) for rho in (0.0, 0.9)}
+    shared = diffusion.sample(lambda x, t: model(x, t, text.tokens, text.mask, text.pooled), (2, 3, 2, 4, 4), steps=4,
+                              generator=[torch.Generator().manual_seed(s) for s in (5, 6)], noise_correlation=0.9)
+    assert np.array_equal(clips[0.9], to_uint8(shared)) and not np.array_equal(clips[0.9], clips[0.0])
 
 
 def test_a_captions_clips_do_not_depend_on_the_other_captions():

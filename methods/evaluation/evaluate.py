@@ -38,7 +38,8 @@ SCALARS = ("real_r1", "real_r5", "generated_r1", "generated_r5", "generated_r1_s
 def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val", num_captions: int = 32,
              sampling: dict | None = None, num_samples: int = 1, seed: int = 0, out: str | None = None,
              evaluator: str | None = None, device: str = "auto", batch_size: int = 16, progress: bool = True) -> dict:
-    """sampling: the command's --steps / --guidance / --sampler / --eta (None = the checkpoint's settings)."""
+    """sampling: the command's --steps / --guidance / --sampler / --eta / --noise_correlation (None = the
+    checkpoint's settings)."""
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if num_captions < 2:
@@ -74,7 +75,7 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
     grid_dir = os.path.splitext(out)[0] + "_grids"
     report = dict(checkpoint=checkpoint, step=step, evaluator=ev_path, data_dir=cfg.data.data_dir, split=split,
                   steps=settings.steps, guidance=settings.guidance, sampler=settings.sampler, eta=settings.eta,
-                  seed=seed, samples_per_caption=num_samples,
+                  noise_correlation=settings.noise_correlation, seed=seed, samples_per_caption=num_samples,
                   groups=score_groups(ev, ev_text, groups, picks, generated, training_captions(cfg.data), grid_dir))
     write_report(report, out)
     report["json"], report["grid_dir"] = out, grid_dir
