@@ -214,7 +214,7 @@ def cmd_prepare_data(args) -> int:
 
 
 def cmd_synth_data(args) -> int:
-    from data.synth import describe_vocab, write_dataset
+    from data.synth import describe_vocab, usable_cpus, write_dataset
     from data.folder import HELDOUT_DIR
 
     if args.list_words:
@@ -223,7 +223,8 @@ def cmd_synth_data(args) -> int:
     if args.num < 1:
         raise UserError("--num must be >= 1")
     info = write_dataset(args.out, args.num, seed=args.seed, size=args.size, num_frames=args.frames,
-                         holdout=args.holdout, command="python main.py " + " ".join(sys.argv[1:]))
+                         holdout=args.holdout, command="python main.py " + " ".join(sys.argv[1:]),
+                         workers=usable_cpus())
     print(f"wrote {info['clips']} clips to {args.out}" + (f" (+{info['heldout']} held-out in "
                                                            f"{os.path.join(args.out, HELDOUT_DIR)})"
                                                            if info.get("heldout") else ""))

@@ -8,7 +8,9 @@ over frames, and fully deterministic.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
@@ -352,18 +354,37 @@ def _write_pair(folder: str, name: str, words: tuple[str, ...], size: int, num_f
         f.write(" ".join(words) + "\n")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells it, as under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _write_pairs(jobs: list[tuple], workers: int) -> None:
+    """_write_pair(*job) for every job, on `workers` processes: rendering is single-threaded numpy, and each clip
+    depends on its own arguments alone, so the files are the same however the jobs are spread."""
+    if workers <= 1 or len(jobs) < 4 * workers:
+        for job in jobs:
+            _write_pair(*job)
+        return
+    # spawn, not fork: the caller may hold torch's thread pools, which a forked child must not inherit
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for _ in pool.map(_write_pair, *zip(*jobs), chunksize=max(1, len(jobs) // (8 * workers))):
+            pass
+
+
 def write_dataset(out_dir: str, num: int, seed: int = 0, size: int = 64, num_frames: int = 24,
-                  holdout: int = 0, command: str | None = None) -> dict:
-    """Write num <name>.gif + <name>.txt clips (and held-out combinations under HELDOUT_DIR/) plus README.txt."""
+                  holdout: int = 0, command: str | None = None, workers: int = 1) -> dict:
+    """Write num <name>.gif + <name>.txt clips (and held-out combinations under HELDOUT_DIR/) plus README.txt, on
+    `workers` processes."""
     held = holdout_combinations(seed, holdout) if holdout > 0 else []
     captions = sample_captions(num, seed, exclude=held)
     variations = np.random.default_rng([seed, 2]).integers(0, 2**31, size=num + len(held))
     os.makedirs(out_dir, exist_ok=True)
-    for i, words in enumerate(captions):
-        _write_pair(out_dir, f"synth_{i:05d}", words, size, num_frames, int(variations[i]))
-    for i, words in enumerate(held):
-        seed_i = int(variations[num + i])
-        _write_pair(os.path.join(out_dir, HELDOUT_DIR), f"heldout_{i:05d}", words, size, num_frames, seed_i)
+    jobs = [(out_dir, f"synth_{i:05d}", words, size, num_frames, int(variations[i]))
+            for i, words in enumerate(captions)]
+    jobs += [(os.path.join(out_dir, HELDOUT_DIR), f"heldout_{i:05d}", words, size, num_frames, int(variations[num + i]))
+             for i, words in enumerate(held)]
+    _write_pairs(jobs, workers)
     if command is None:
         command = (f"python -c \"from data.synth import write_dataset; write_dataset('<out_dir>', num={num}, "
                    f"seed={seed}, size={size}, num_frames={num_frames}, holdout={holdout})\"")
@@ -394,5 +415,5 @@ def ensure_data(dc: DataConfig) -> None:
     if will_write_synthetic(dc):
         print(f"no clips in {dc.data_dir}: writing the built-in synthetic sign set ({dc.synth_num} clips, "
               f"seed {dc.synth_seed})", file=sys.stderr)
-        write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, holdout=dc.synth_holdout,
+        write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, holdout=dc.synth_holdout, workers=usable_cpus(),
                       command="python main.py train (demo preset)")
