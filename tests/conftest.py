@@ -95,6 +95,8 @@ def in_process(*args, cwd=None) -> subprocess.CompletedProcess:
         os.chdir(cwd or here)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main.main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
     finally:
         os.chdir(here)
     return subprocess.CompletedProcess(["main.py", *args], code, out.getvalue(), err.getvalue())

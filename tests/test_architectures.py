@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import run, sets, tiny_overrides
+from conftest import in_process, run, sets, tiny_overrides
 from methods.checkpoint import load_checkpoint
 from methods.configure import load_config
 from methods.trainer import Trainer
@@ -168,10 +168,11 @@ def test_arch_names_and_field_rules_are_one_line_errors(tmp_path):
     r = run("config", "--set", "model.arch=UNet3D-Tiny", cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert all(name in r.stderr for name in MODELS)
-    r = run("config", "--set", "model.arch=ViT3D-Demo/2x4", "--set", "model.temporal_attention=false", cwd=tmp_path)
+    r = in_process("config", "--set", "model.arch=ViT3D-Demo/2x4", "--set", "model.temporal_attention=false",
+                   cwd=tmp_path)
     assert r.returncode == 2 and "model.temporal_attention=False does not apply to model.arch=ViT3D-Demo/2x4 " \
                                   "(ViT3D); it applies to UNet3D, VideoDiT" in r.stderr
-    r = run("config", "--set", "model.arch=DiT3D-Demo/2x4", "--set", "data.num_frames=7", cwd=tmp_path)
+    r = in_process("config", "--set", "model.arch=DiT3D-Demo/2x4", "--set", "data.num_frames=7", cwd=tmp_path)
     assert r.returncode == 2 and "data.num_frames=7 must be a multiple of 2 for model.arch=DiT3D-Demo/2x4" in r.stderr
     with pytest.raises(Exception, match="model.pretrained='x.pt' does not apply to model.arch=UNet3D-Demo"):
         load_config("demo", ["model.arch=UNet3D-Demo", "model.pretrained=x.pt"])
@@ -200,8 +201,8 @@ def test_train_then_sample_through_the_cli(tmp_path, synth_dir, tiny_encoder, ar
     r = run("train", *sets(overrides), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     ckpt = tmp_path / "checkpoints" / "tiny" / "final.pt"
-    r = run("sample", "--checkpoint", str(ckpt), "--text", "hello", "--steps", "2", "--output_dir",
-            str(tmp_path / "out"), cwd=tmp_path)
+    r = in_process("sample", "--checkpoint", str(ckpt), "--text", "hello", "--steps", "2", "--output_dir",
+                   str(tmp_path / "out"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [p.suffix for p in (tmp_path / "out").iterdir()] == [".gif"]
 

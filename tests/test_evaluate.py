@@ -108,7 +108,7 @@ def test_segment_shuffle_is_a_reordering():
 def trained(tmp_path_factory, tiny_encoder):
     tmp = tmp_path_factory.mktemp("evaluator")
     data = tmp / "data"
-    write_dataset(str(data), 300, seed=5, size=32, num_frames=16, holdout=12)
+    write_dataset(str(data), 300, seed=5, size=32, num_frames=16, holdout=12, workers=2)
     cfg = load_config("demo", tiny_overrides(tmp, str(data), tiny_encoder, **{
         "data.image_size": 32, "data.num_frames": 16, "data.val_fraction": 0.2, "eval.evaluator_dim": 32,
         "eval.evaluator_depth": 1, "eval.evaluator_steps": 600, "eval.evaluator_lr": 2e-3}))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run
+from conftest import in_process, run
 from config import Config
 from methods.exported import CONFIG_FILE, WEIGHTS_FILE
 from methods.sampling import load_ema_model
@@ -56,9 +56,11 @@ def test_export_writes_weights_config_card_and_samples(trained):
 def test_sampling_an_export_gives_the_checkpoints_clips_bit_for_bit(trained):
     tmp, ckpt = trained
     out = tmp / "roundtrip"
-    assert run("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples").returncode == 0
-    a = run("sample", "--checkpoint", ckpt, "--text", "hello", "--seed", "7", "--output_dir", str(tmp / "from_ckpt"))
-    b = run("sample", "--model", str(out), "--text", "hello", "--seed", "7", "--output_dir", str(tmp / "from_export"))
+    assert in_process("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples").returncode == 0
+    a = in_process("sample", "--checkpoint", ckpt, "--text", "hello", "--seed", "7", "--output_dir",
+                   str(tmp / "from_ckpt"))
+    b = in_process("sample", "--model", str(out), "--text", "hello", "--seed", "7", "--output_dir",
+                   str(tmp / "from_export"))
     assert a.returncode == 0 and b.returncode == 0, a.stderr[-2000:] + b.stderr[-2000:]
     fa, fb = gif_frames(tmp / "from_ckpt"), gif_frames(tmp / "from_export")
     assert fa.shape == (4, 16, 16, 3) and np.array_equal(fa, fb)
@@ -67,17 +69,17 @@ def test_sampling_an_export_gives_the_checkpoints_clips_bit_for_bit(trained):
 def test_evaluate_takes_an_export_and_looks_for_its_evaluator_inside_it(trained):
     tmp, ckpt = trained
     out = tmp / "for_eval"
-    assert run("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples").returncode == 0
-    done = run("evaluate", "--model", str(out), "--split", "train")
+    assert in_process("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples").returncode == 0
+    done = in_process("evaluate", "--model", str(out), "--split", "train")
     assert done.returncode == 2 and str(out / "evaluator.pt") in done.stderr, done.stderr[-2000:]
-    both = run("sample", "--model", str(out), "--checkpoint", ckpt, "--text", "hi")
+    both = in_process("sample", "--model", str(out), "--checkpoint", ckpt, "--text", "hi")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 def test_reading_an_export_never_unpickles(trained, monkeypatch):
     tmp, ckpt = trained
     out = tmp / "nopickle"
-    assert run("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples").returncode == 0
+    assert in_process("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples").returncode == 0
 
     def refuse(*args, **kwargs):
         raise AssertionError("unpickling while reading an export")
@@ -98,8 +100,8 @@ def test_export_with_an_evaluation_report_puts_its_numbers_in_the_card(trained):
     report.write_text(json.dumps({"steps": 25, "guidance": 5.0, "samples_per_caption": 4, "seed": 0,
                                   "groups": {"train": group}}))
     out = tmp / "with_eval"
-    assert run("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples", "--evaluation",
-               str(report)).returncode == 0
+    assert in_process("export", "--checkpoint", ckpt, "--out", str(out), "--no-samples", "--evaluation",
+                      str(report)).returncode == 0
     assert "| train (8) | 0.625 | 1.000 | 0.125 | 0.500 | 0.400 | 9.5 (7.1) |" in (out / "README.md").read_text()
 
 
@@ -113,7 +115,7 @@ def test_a_damaged_export_is_a_one_line_error(trained, damage, needle):
     tmp, ckpt = trained
     whole, out = tmp / "undamaged", tmp / f"damaged_{damage}"
     if not whole.exists():
-        assert run("export", "--checkpoint", ckpt, "--out", str(whole), "--no-samples").returncode == 0
+        assert in_process("export", "--checkpoint", ckpt, "--out", str(whole), "--no-samples").returncode == 0
     shutil.copytree(whole, out)
     if damage == "config":
         (out / CONFIG_FILE).write_text("{not json")
@@ -124,7 +126,7 @@ def test_a_damaged_export_is_a_one_line_error(trained, damage, needle):
         (out / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
     else:
         os.remove(out / WEIGHTS_FILE)
-    done = run("sample", "--model", str(out), "--text", "hello")
+    done = in_process("sample", "--model", str(out), "--text", "hello")
     assert done.returncode == 2 and needle in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
 
@@ -132,6 +134,6 @@ def test_export_refuses_a_folder_holding_other_files(trained):
     tmp, ckpt = trained
     (tmp / "busy").mkdir()
     (tmp / "busy" / "notes.txt").write_text("mine")
-    done = run("export", "--checkpoint", ckpt, "--out", str(tmp / "busy"))
+    done = in_process("export", "--checkpoint", ckpt, "--out", str(tmp / "busy"))
     assert done.returncode == 2 and "is not empty and holds no export" in done.stderr
     assert os.listdir(tmp / "busy") == ["notes.txt"]
