@@ -32,10 +32,10 @@ def row(ckpt: str, report: dict, group: str, g: dict, seconds: float) -> str:
     ratio = "-" if g["r1_ratio"] is None else f"{g['r1_ratio']:.2f}"
     return (f"| {os.path.basename(ckpt)} | {report['step']} | {report['guidance']:g} | "
             f"{report['noise_correlation']:g} | {group} | {g['num_captions']} x {g['samples_per_caption']} | "
-            f"{g['generated_r1']:.3f} ± {g['generated_r1_se']:.3f} / {g['real_r1']:.3f} ({ratio}) | {g['chance_r1']:.3f} | "
-            f"{g['generated_r5']:.3f} / {g['real_r5']:.3f} | {g['frechet_distance']:.3f} | {g['ssim']:.3f} | "
-            f"{g['psnr']:.2f} | {g['temporal_change_generated']:.2f} / {g['temporal_change_real']:.2f} | "
-            f"{seconds:.0f} |")
+            f"{g['generated_r1']:.3f} ± {g['generated_r1_se']:.3f} / {g['real_r1']:.3f} ({ratio}) | "
+            f"{g['chance_r1']:.3f} | {g['generated_r5']:.3f} / {g['real_r5']:.3f} | {g['frechet_distance']:.3f} | "
+            f"{g['ssim']:.3f} | {g['psnr']:.2f} | {g['temporal_change_generated']:.2f} / "
+            f"{g['temporal_change_real']:.2f} | {seconds:.0f} |")
 
 
 def main() -> int:

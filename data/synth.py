@@ -366,10 +366,10 @@ def _write_pairs(jobs: list[tuple], workers: int) -> None:
         for job in jobs:
             _write_pair(*job)
         return
-    # spawn, not fork: the caller may hold torch's thread pools, which a forked child must not inherit
+    # spawn, not fork: the caller may hold torch's thread pools, which a forked child must not inherit; list()
+    # waits for every clip and raises a worker's error here
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for _ in pool.map(_write_pair, *zip(*jobs), chunksize=max(1, len(jobs) // (8 * workers))):
-            pass
+        list(pool.map(_write_pair, *zip(*jobs), chunksize=max(1, len(jobs) // (8 * workers))))
 
 
 def write_dataset(out_dir: str, num: int, seed: int = 0, size: int = 64, num_frames: int = 24,

@@ -105,7 +105,7 @@ def model_card(meta: dict, report: dict | None, gifs: list[str]) -> str:
         + (f": {t['clips']} training clips with {t['captions']} distinct captions" if t["clips"] else "")
         + f", a vocabulary of {len(meta['caption_words'])} caption words.",
         f"- Sampling defaults: {s['sampler']} with {s['steps']} steps, classifier-free guidance {s['guidance']:g}, "
-        f"starting noise {s.get('noise_correlation', 0):.3g} shared by a clip's frames.",
+        f"starting noise {s['noise_correlation']:.3g} shared by a clip's frames.",
         "", "## Evaluation", "",
     ]
     if report:
