@@ -2,7 +2,7 @@
 
     python benchmarks/frame_strip.py --checkpoint checkpoints/demo/final.pt --out docs/demo_strip.png \
         [--text hello --text "thank you" --text "yes no please"] [--samples 2] [--guidance G] [--steps S] \
-        [--noise_correlation R] [--seed 0]
+        [--noise_correlation R] [--eta E] [--seed 0]
 
 For each caption: one row of the first real clip in the checkpoint's data folder (or its heldout/ subfolder) with
 exactly that caption (for synthetic-vocabulary captions without one, the synthetic signer's render), then --samples
@@ -54,13 +54,14 @@ def main() -> int:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--noise_correlation", type=float, default=None)
+    p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=3)
     args = p.parse_args()
     texts = args.text or ["hello", "thank you", "yes no please"]
     cfg, model, diffusion, _ = load_ema_model(args.checkpoint)
     settings = SamplingSettings.resolve(cfg.diffusion, steps=args.steps, guidance=args.guidance,
-                                        noise_correlation=args.noise_correlation)
+                                        eta=args.eta, noise_correlation=args.noise_correlation)
     encoder = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length)
     T, S = cfg.data.num_frames, cfg.data.image_size
     rows = []
@@ -73,7 +74,7 @@ def main() -> int:
                              num_frames=T, image_size=S))
         print(f"{text!r}: real clip {source}, "
               f"{args.samples} generated (guidance {settings.guidance:g}, {settings.steps} {settings.sampler} steps, "
-              f"noise correlation {settings.noise_correlation:g})")
+              f"eta {settings.eta:g}, noise correlation {settings.noise_correlation:g})")
     width = T * S + (T - 1) * GAP
     canvas = np.full((len(rows) * (S + GAP) - GAP, width, 3), 255, np.uint8)
     for r, clip in enumerate(rows):

@@ -101,8 +101,11 @@ class Trainer:
         if tc.compile:
             self.net = torch.compile(self.ddp)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay,
-                                           fused=tc.fused_adamw and self.device.type == "cuda" or None)
+        fused = tc.fused_adamw and self.device.type == "cuda"
+        # off CUDA torch defaults to a Python loop over the tensors; foreach is the same arithmetic, bit for bit, in
+        # a third of the time (the demo's 310 tensors: 7 ms against 10-19 ms a step)
+        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused or None,
+                                           foreach=None if fused else True)
         self.micro_batch = tc.batch_size * self.world.world_size  # clips per global micro-batch
         self.batches_per_epoch = math.ceil(len(self.data) / self.micro_batch)
         self.total_steps = planned_steps(tc, len(self.data), self.world.world_size)
