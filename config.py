@@ -205,7 +205,7 @@ def tinyfusion() -> Config:
 def demo() -> Config:
     """Small CPU preset: trains on the built-in synthetic signer in about 10 minutes on 2 cores.
 
-    The recipe that won the 10-minute race (README, "The architecture race"): a 0.96M-parameter space-time U-Net,
+    The recipe that won the 10-minute race (README, "The architecture race"): a 0.94M-parameter space-time U-Net,
     8 frames of 32x32, v-prediction with a plain (not min-SNR) loss, so the noisiest steps, where the caption
     decides what moves where, keep their full weight, motion-weighted pixels (the hands carry the caption), and
     the text-alignment prior (each frame reads its caption words in order), and noise 90% shared by a clip's frames
@@ -228,7 +228,7 @@ def demo() -> Config:
 
 def real() -> Config:
     """Your own sign footage in training_data/ (GIFs or videos + captions): the demo's recipe at 16 frames of 64x64,
-    where a signer's hands are several pixels wide (at 32x32 they are 1-2), on the 3.4M-parameter U-Net. Captions
+    where a signer's hands are several pixels wide (at 32x32 they are 1-2), on the 3.3M-parameter U-Net. Captions
     normalised (case, punctuation), rest poses at both ends trimmed, prompts from the data's own captions."""
     cfg = demo()
     cfg.data = DataConfig(data_dir="training_data", num_frames=16, image_size=64, caption_normalize=True,
@@ -240,7 +240,7 @@ def real() -> Config:
 
 
 def real_large() -> Config:
-    """`real` at 16 frames of 128x128 on the 93.5M-parameter U-Net, in bf16 on a GPU (a CPU step takes minutes)."""
+    """`real` at 16 frames of 128x128 on the 91.1M-parameter U-Net, in bf16 on a GPU (a CPU step takes minutes)."""
     cfg = real()
     cfg.data.image_size = 128
     cfg.model = ModelConfig(arch="UNet3D-B", text_alignment=True)
