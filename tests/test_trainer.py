@@ -100,6 +100,25 @@ def test_a_non_finite_loss_skips_the_step_without_touching_the_weights(tiny_conf
     assert all(torch.isfinite(v).all() for v in trainer.ema.state_dict().values())
 
 
+def test_cpu_adamw_takes_the_foreach_path_with_the_per_tensor_loops_numbers(tiny_config):
+    """torch's CPU default is a Python loop over the tensors; the trainer asks for foreach (a third of the time on
+    the demo), which must leave every weight exactly where the loop would."""
+    trainer = Trainer(tiny_config(**{"train.max_steps": 1, "train.tensorboard": False}), quiet=True)
+    assert trainer.optimizer.defaults["foreach"] is True and not trainer.optimizer.defaults["fused"]
+    runs = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(p.detach().clone()) for p in trainer.params]
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=foreach)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        runs.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 def test_five_non_finite_losses_stop_the_run_with_one_line(tiny_config):
     trainer = Trainer(tiny_config(**{"train.max_steps": 20, "train.tensorboard": False}), quiet=True)
     snapshots = patch_losses(trainer, set(range(1, 100)))
