@@ -203,15 +203,16 @@ def tinyfusion() -> Config:
 
 
 def demo() -> Config:
-    """Small CPU preset: trains on the built-in synthetic signer in about 10 minutes on 2 cores.
+    """Small CPU preset: trains on the built-in synthetic signer in under 10 minutes on 2 cores (8 min 55 s measured).
 
     The recipe that won the 10-minute race (README, "The architecture race"): a 0.94M-parameter space-time U-Net,
     8 frames of 32x32, v-prediction with a plain (not min-SNR) loss, so the noisiest steps, where the caption
     decides what moves where, keep their full weight, motion-weighted pixels (the hands carry the caption), and
     the text-alignment prior (each frame reads its caption words in order), and noise 90% shared by a clip's frames
     (what an undertrained model leaves of it flickers less), sampled from noise 99.9% shared at guidance 2: frame
-    change 8.1 against 7.1 for real clips and R@1 0.79 of real, where the trained rho 0.9 at guidance 5 gave 21.6
-    and 0.60 (README). A short EMA: a 0.995 EMA lags too far behind 1000 fast-moving steps.
+    change 7.9 against 7.1 for real clips and R@1 0.75 of real (the race's fourth round: one checkpoint sampled at
+    the trained rho 0.9 and guidance 5 gave frame change 21.6, where these settings gave 8.1). A short EMA: a 0.995
+    EMA lags too far behind 1000 fast-moving steps.
     """
     cfg = Config()
     cfg.data = DataConfig(data_dir=DEMO_DATA_DIR, num_frames=8, image_size=32, val_fraction=0.05,
