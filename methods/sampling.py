@@ -17,7 +17,7 @@ import torch
 from config import DiffusionConfig
 from data.folder import caption_words
 from diffusion import SAMPLERS, GaussianDiffusion
-from methods.checkpoint import load_checkpoint, nonfinite_summary
+from methods.checkpoint import load_checkpoint, load_weights, nonfinite_summary
 from methods.configure import config_from_checkpoint
 from methods.exported import read_export
 from models import build_video_model
@@ -107,7 +107,7 @@ def load_ema_model(path: str, device="cpu"):
                         f"an earlier checkpoint")
     cfg = config_from_checkpoint(state)
     model = build_video_model(cfg, state["text_dim"])
-    model.load_state_dict(state["ema"])
+    load_weights(model, state["ema"], path)
     return cfg, model.to(device).eval(), GaussianDiffusion.from_config(cfg.diffusion), state
 
 

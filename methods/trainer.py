@@ -19,7 +19,7 @@ from config import Config, TrainConfig
 from data.folder import caption_words
 from dataset import SignDataset
 from diffusion import GaussianDiffusion
-from methods.checkpoint import nonfinite_summary, rng_state, save_checkpoint, set_rng_state
+from methods.checkpoint import load_weights, nonfinite_summary, rng_state, save_checkpoint, set_rng_state
 from methods.experiment import (ExperimentLock, check_memory, check_output_dirs, output_dirs, refuse_to_overwrite,
                                 remove_stale_temp_files)
 from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
@@ -355,12 +355,13 @@ class Trainer:
         if state["text_dim"] != self.text_dim:
             raise UserError(f"checkpoint was trained with a {state['text_dim']}-dim text encoder, "
                             f"text.encoder={self.cfg.text.encoder} gives {self.text_dim}")
+        load_weights(self.model, state["model"], "checkpoint")
+        load_weights(self.ema, state["ema"], "checkpoint")
         try:
-            self.model.load_state_dict(state["model"])
-            self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as err:
-            raise UserError(f"checkpoint does not fit the configured model: {str(err).splitlines()[0]}") from None
+            raise UserError(f"checkpoint's optimizer state does not fit the model: {str(err).splitlines()[0]}") \
+                from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = self.resume_position(state)

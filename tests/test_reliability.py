@@ -95,6 +95,32 @@ def test_sample_refuses_a_non_finite_checkpoint(tiny_config, tmp_path, capsys):
         assert capsys.readouterr().err.strip() == "error: --text must not be empty or only spaces"
 
 
+def test_weights_of_another_architecture_version_are_a_one_line_error(tiny_config, tmp_path, capsys):
+    """UNet3D's up-path conv once kept the coarse level's width: such a checkpoint names the tensor that differs."""
+    cfg = tiny_config(**{"train.max_steps": 1, "train.tensorboard": False, "train.sample_prompts": "",
+                         "model.arch": "UNet3D-Test"})
+    trainer = Trainer(cfg, quiet=True)
+    trainer.train()
+    state = load_checkpoint(os.path.join(trainer.exp_dir, "final.pt"))
+    for weights in (state["model"], state["ema"]):
+        assert weights["up.1.weight"].shape == (16, 32, 3, 3)
+        weights["up.1.weight"] = torch.zeros(32, 32, 3, 3)  # the old layout
+    old = str(tmp_path / "old.pt")
+    save_checkpoint(old, {k: v for k, v in state.items() if k != "format_version"})
+    assert main.main(["sample", "--checkpoint", old, "--text", "hello"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {old} does not fit the UNet3D its config builds (1 tensor(s) differ, first "
+                          f"up.1.weight: (32, 32, 3, 3) in the file, (16, 32, 3, 3) in the model)") and "\n" not in err
+    del state["ema"]["conv_out.bias"]
+    save_checkpoint(old, {k: v for k, v in state.items() if k != "format_version"})
+    assert main.main(["train", "--resume", old]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the "resuming ..." and data lines
+    assert last.startswith("error: checkpoint does not fit the UNet3D its config builds (1 tensor(s) differ, first "
+                           "up.1.weight: (32, 32, 3, 3) in the file")
+    assert main.main(["sample", "--checkpoint", old, "--text", "hello"]) == 2
+    assert "(2 tensor(s) differ" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("field", ["train.checkpoint_dir", "train.sample_dir", "train.log_dir", "data.cache_dir"])
 def test_a_bad_output_place_fails_before_step_1(tmp_path, synth_dir, tiny_encoder, capsys, field):
     blocker = tmp_path / "a_file"
