@@ -33,8 +33,14 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def load_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
-    """Copy a saved state dict into model, or a UserError naming the first tensor that does not fit (missing, extra
-    or of another shape) and how many differ: a checkpoint written by another version of the model's code."""
+    """Copy a saved state dict into model, after check_weights_fit."""
+    check_weights_fit(model, weights, source)
+    model.load_state_dict(weights)
+
+
+def check_weights_fit(model: torch.nn.Module, weights: dict, source: str) -> None:
+    """A UserError naming the first tensor of weights that does not fit model (missing, extra or of another shape)
+    and how many differ: a checkpoint written by another version of the model's code. model may be on "meta"."""
     own = model.state_dict()
     wrong = [f"{k}: {tuple(weights[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in own.items()
              if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
@@ -44,7 +50,6 @@ def load_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
         raise UserError(f"{source} does not fit the {type(model).__name__} its config builds ({len(wrong)} tensor(s) "
                         f"differ, first {wrong[0]}): another model setting or another version of this model's code "
                         f"wrote it; train again, or use the settings and Text2Sign version that wrote it")
-    model.load_state_dict(weights)
 
 
 def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:

@@ -6,10 +6,13 @@ import json
 import os
 import shutil
 
-from methods.checkpoint import load_checkpoint, nonfinite_summary
+import torch
+
+from methods.checkpoint import check_weights_fit, load_checkpoint, nonfinite_summary
 from methods.configure import config_from_checkpoint
 from methods.exported import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, is_export, write_export
 from methods.sampling import SamplingSettings, sample_captions, sample_seed, save_gifs
+from models.registry import build_video_model
 from utils.atomic import atomic_write
 from utils.errors import UserError
 
@@ -29,6 +32,8 @@ def export(checkpoint: str, out_dir: str, evaluation: str | None = None, caption
     if bad:
         raise UserError(f"{checkpoint} holds non-finite EMA weights ({bad}): export an earlier checkpoint")
     cfg = config_from_checkpoint(state)
+    with torch.device("meta"):  # shapes only: nothing allocated
+        check_weights_fit(build_video_model(cfg, state["text_dim"]), state["ema"], checkpoint)
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not is_export(out_dir):
         raise UserError(f"--out {out_dir} is not empty and holds no export: choose a new or empty folder")
     report = read_evaluation(evaluation) if evaluation else None

@@ -119,6 +119,9 @@ def test_weights_of_another_architecture_version_are_a_one_line_error(tiny_confi
                            "up.1.weight: (32, 32, 3, 3) in the file")
     assert main.main(["sample", "--checkpoint", old, "--text", "hello"]) == 2
     assert "(2 tensor(s) differ" in capsys.readouterr().err
+    out = tmp_path / "export"
+    assert main.main(["export", "--checkpoint", old, "--out", str(out)]) == 2  # refused before anything is written
+    assert "(2 tensor(s) differ" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.parametrize("field", ["train.checkpoint_dir", "train.sample_dir", "train.log_dir", "data.cache_dir"])
