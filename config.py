@@ -25,6 +25,8 @@ REST_THRESHOLD = 0.3  # data.trim_still of the real-data presets: above a still 
 DEMO_DATA_DIR = "training_data/synthetic"  # the only folder the synthetic set is ever written into unasked
 MAX_FRAMES = 512  # clip length bound: 512 frames of 512x512 already take 400 MB per clip
 MAX_IMAGE_SIZE = 1024  # frame size bound: beyond any pixel-space video model, and its clips would not fit in memory
+MAX_INT = 2**31  # counts and sizes: far above any real value, below what torch's and numpy's int32 paths overflow at
+WIDE_INTS = {"train.seed": 2**63, "data.synth_seed": 2**63, "data.max_clip_pixels": 2**63}  # 64-bit by nature
 # field -> smallest allowed value (the ranges with an upper bound too are checked in Config.validate)
 MINIMUMS = {
     "data.max_clip_pixels": 1, "data.trim_still": 0, "data.synth_num": 1, "data.synth_holdout": 0, "data.synth_seed": 0,
@@ -34,6 +36,7 @@ MINIMUMS = {
     "train.warmup_steps": 0, "train.seed": 0, "train.log_every": 1, "train.sample_every": 0, "train.stats_every": 0,
     "train.hist_every": 0, "train.checkpoint_every": 1, "eval.evaluator_dim": 4, "eval.evaluator_patch": 1,
     "eval.evaluator_depth": 1, "eval.evaluator_steps": 1, "eval.evaluator_batch_size": 2,
+    "autoencoder.steps": 1, "autoencoder.batch_frames": 1, "autoencoder.kl_weight": 0, "autoencoder.ssim_weight": 0,
 }
 
 
@@ -46,7 +49,7 @@ class DataConfig:
     val_fraction: float = 0.05  # deterministic share of clips held out for validation
     cache_dir: str = "cache"  # decoded uint8 clips and caption embeddings, keyed by content + settings
     allow_stills: bool = False  # keep 1-frame clips (a still image teaches no motion: skipped by default)
-    max_clip_pixels: int = 1_000_000_000  # width x height x frames a clip may declare; refused undecoded above
+    max_clip_pixels: int = 1_000_000_000  # width x height x frames a clip may declare or decode to; refused above
     caption_normalize: bool = False  # lower-case, drop punctuation: "Thank you." and "thank you" become one caption
     trim_still: float = 0.0  # drop end frames changing less than this (mean |diff|, 0-255) from the next: rest poses
     synth_if_missing: bool = False  # write the built-in synthetic set when data_dir is DEMO_DATA_DIR and has no clips
@@ -132,6 +135,20 @@ class EvalConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    kind: str = "none"  # none (pixel space) | own (train-autoencoder's) | kl (diffusers AutoencoderKL) | tiny (TAESD)
+    path: str = ""  # own: the folder train-autoencoder printed; kl / tiny: a Hugging Face name or a local folder
+    down: int = 4  # own: spatial downsampling, 4 or 8 (a latent pixel stands for down x down frame pixels)
+    latent_channels: int = 4  # own: channels per latent pixel; more keep more detail, fewer are easier to diffuse
+    width: int = 32  # own: channels at full resolution (x2 per halving, at most x4); cost grows with its square
+    steps: int = 3000  # train-autoencoder: optimizer steps
+    batch_frames: int = 16  # train-autoencoder: frames per step, drawn at random from the training clips
+    learning_rate: float = 2e-3  # train-autoencoder: peak AdamW learning rate (short warmup, then cosine to 0)
+    kl_weight: float = 1e-4  # weight of the latents' KL to N(0, I): a smooth, bounded latent space for diffusion
+    ssim_weight: float = 0.2  # weight of the 1 - SSIM loss beside L1: sharper edges (hands, faces) than L1 alone
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -139,6 +156,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,12 +172,15 @@ class Config:
 
     def validate(self) -> None:
         """Reject values out of range, naming the field. Names chosen from an owner's table (model.arch,
-        diffusion.schedule, ...) are checked by methods.configure.check_choices, which can import the owners."""
+        diffusion.schedule, ...) are checked by methods.run_config.check_choices, which can import the owners."""
         for section in dataclasses.fields(self):
             for f in dataclasses.fields(getattr(self, section.name)):
                 value = getattr(getattr(self, section.name), f.name)
                 if isinstance(value, float) and not math.isfinite(value):
                     raise ConfigError(f"{section.name}.{f.name}={value!r} must be a finite number")
+                limit = WIDE_INTS.get(f"{section.name}.{f.name}", MAX_INT)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= limit:
+                    raise ConfigError(f"{section.name}.{f.name}={value!r} must be below 2**{limit.bit_length() - 1}")
         for name, low in MINIMUMS.items():
             if get_field(self, name) < low:
                 raise ConfigError(f"{name}={get_field(self, name)!r} must be >= {low}")
@@ -179,12 +200,17 @@ class Config:
             ("train.weight_decay", self.train.lr * self.train.weight_decay < 1,
              "must keep train.lr * train.weight_decay < 1 (AdamW shrinks weights by that factor each step)"),
             ("train.ema_decay", 0.0 <= self.train.ema_decay < 1.0, "must be in [0, 1)"),
-            ("train.seed", self.train.seed < 2**63, "must be below 2**63"),
-            ("data.synth_seed", self.data.synth_seed < 2**63, "must be below 2**63"),
             ("train.sample_prompts", all(p.strip() for p in self.train.sample_prompts), "must not hold empty captions"),
             ("train.exp_name", _safe_name(self.train.exp_name), "must be letters, digits, '-', '_' or '.'"),
             ("eval.evaluator_dim", self.eval.evaluator_dim % 4 == 0, "must be a positive multiple of 4"),
             ("eval.evaluator_lr", self.eval.evaluator_lr > 0, "must be > 0"),
+            ("autoencoder.down", self.autoencoder.down in (4, 8), "must be 4 or 8"),
+            ("autoencoder.down", self.autoencoder.kind == "none" or self.data.image_size % self.autoencoder.down == 0,
+             "must divide data.image_size"),
+            ("autoencoder.latent_channels", 1 <= self.autoencoder.latent_channels <= 64, "must be in [1, 64]"),
+            ("autoencoder.width", self.autoencoder.width >= 8 and self.autoencoder.width % 8 == 0,
+             "must be a positive multiple of 8 (GroupNorm groups)"),
+            ("autoencoder.learning_rate", 0 < self.autoencoder.learning_rate <= 1, "must be in (0, 1]"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -205,14 +231,14 @@ def tinyfusion() -> Config:
 def demo() -> Config:
     """Small CPU preset: trains on the built-in synthetic signer in under 10 minutes on 2 cores (8 min 55 s measured).
 
-    The recipe that won the 10-minute race (README, "The architecture race"): a 0.94M-parameter space-time U-Net,
+    The recipe that won the 10-minute race (docs/architecture_race.md): a 0.94M-parameter space-time U-Net,
     8 frames of 32x32, v-prediction with a plain (not min-SNR) loss, so the noisiest steps, where the caption
     decides what moves where, keep their full weight, motion-weighted pixels (the hands carry the caption), and
     the text-alignment prior (each frame reads its caption words in order), and noise 90% shared by a clip's frames
     (what an undertrained model leaves of it flickers less), sampled from noise 99.9% shared at guidance 2: frame
-    change 7.9 against 7.1 for real clips and R@1 0.75 of real (the race's fourth round: one checkpoint sampled at
-    the trained rho 0.9 and guidance 5 gave frame change 21.6, where these settings gave 8.1). A short EMA: a 0.995
-    EMA lags too far behind 1000 fast-moving steps.
+    change 7.9 against 7.1 for real clips and R@1 0.75 of real (the fifth round's three draws, docs/demo.md). The
+    sampling settings come from the fourth round: one checkpoint sampled at the trained rho 0.9 and guidance 5 gave
+    frame change 21.6, at these settings 8.1. A short EMA: a 0.995 EMA lags too far behind 1000 fast-moving steps.
     """
     cfg = Config()
     cfg.data = DataConfig(data_dir=DEMO_DATA_DIR, num_frames=8, image_size=32, val_fraction=0.05,

@@ -4,9 +4,9 @@ Which files are clips and captions, what is skipped and the train/val split are 
 GIF or a video file) is decoded once (`load_clip`): `num_frames` frames sampled evenly over the clip's playback TIME
 (per-frame durations or timestamps, so a held pose counts for as long as it is shown and variable frame rates are
 respected), converted to RGB, resized aspect-preserving to `image_size x image_size` (never a blind center crop that
-cuts off hands), and stored as uint8 in the on-disk clip store (data/clip_store.py), keyed by the file's bytes and
-these settings. Memory does not grow with the data set: `get_batch` reads the batch's clips from the store and turns
-them into a float (B, 3, T, H, W) batch in [-1, 1].
+cuts off hands), and stored as uint8 in the on-disk clip store (data/clip_store.py), keyed by the file's bytes, its
+suffix and these settings. Memory does not grow with the data set: `get_batch` reads the batch's clips from the store
+and turns them into a float (B, 3, T, H, W) batch in [-1, 1].
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from config import DataConfig
-from data.clip_store import ClipStore, ClipView, content_hash
+from data.clip_store import ClipStore, ClipView, clip_key, content_hash
 from data.folder import HOW_TO_GET_DATA, DataError, find_pairs, select_split, shown, warn_skipped
 from utils.device import format_bytes
 from utils.gif import GifReadError, read_gif
@@ -173,33 +173,30 @@ class SignDataset(torch.utils.data.Dataset):
         all_pairs, self.skipped = find_pairs(cfg.data_dir, cfg.caption_normalize)
         pairs = select_split(all_pairs, split, cfg.val_fraction)
         store = ClipStore(cfg.cache_dir, clip_settings(cfg), (t, s, s, 3))
-        digests = [self._digest(store, path) for path, _ in pairs]  # size + mtime, or the file's hash when new
-        misses = [i for i, d in enumerate(digests) if d and store.row(d) is None and not store.failure(d)]
+        keys = [self._key(store, path) for path, _ in pairs]  # size + mtime, or the file's hash when new
+        misses = [i for i, k in enumerate(keys) if k and store.row(k) is None and not store.failure(k)]
         if misses or store.needs_writing:
             check_disk_space(store.root, len(misses) * store.record_bytes, split, len(misses))
             with store:
                 for i in tqdm(misses, desc="decoding clips", unit="clip", disable=quiet or None, dynamic_ncols=True,
                               leave=False):
-                    if store.row(digests[i]) is not None:  # another run sharing the cache stored it meanwhile
-                        continue
+                    if store.row(keys[i]) is not None or store.failure(keys[i]):  # another run sharing the cache
+                        continue  # stored or refused it meanwhile
                     try:
-                        clip = load_clip(pairs[i][0], t, s, cfg.resize_mode, cfg.max_clip_pixels, cfg.allow_stills,
-                                         cfg.trim_still)
+                        clip = self._decode(pairs[i][0])
                     except ValueError as e:  # GifReadError / VideoReadError: corrupt / truncated / not that format
-                        store.fail(digests[i], f"unreadable: {e}")
+                        store.fail(keys[i], f"unreadable: {e}")
                         continue
-                    store.add(digests[i], clip, is_constant(clip))
-        for i, d in enumerate(digests):
-            if d and store.failure(d):
-                self.skipped.append((shown(os.path.basename(pairs[i][0])), store.failure(d)))
-        rows = [store.row(d) if d else None for d in digests]
-        keep = [i for i, r in enumerate(rows) if r is not None]
+                    store.add(keys[i], clip, is_constant(clip))
+        for i, k in enumerate(keys):
+            if k and store.failure(k):
+                self.skipped.append((shown(os.path.basename(pairs[i][0])), store.failure(k)))
+        keep = [i for i, k in enumerate(keys) if k and store.row(k) is not None]
 
         self.skipped.sort()
         if self.skipped and not quiet:
             warn_skipped(cfg.data_dir, self.skipped, len(keep), sys.stderr)
-        constant_rows = store.constant_rows()
-        self.constant = [shown(os.path.basename(pairs[i][0])) for i in keep if rows[i] in constant_rows]
+        self.constant = [shown(os.path.basename(pairs[i][0])) for i in keep if store.is_constant(keys[i])]
         if self.constant and not quiet:
             print(f"warning: {len(self.constant)} clip(s) in {shown(cfg.data_dir)} are constant (every frame the same),"
                   f" kept but they teach no motion: {', '.join(self.constant)}", file=sys.stderr)
@@ -219,20 +216,46 @@ class SignDataset(torch.utils.data.Dataset):
                   f"{len(self.skipped)} file(s) skipped", file=sys.stderr)
         index = {c: k for k, c in enumerate(self.caption_vocab)}
         self.caption_ids = torch.tensor([index[c] for c in self.captions], dtype=torch.long)  # (N,)
-        self.clips = ClipView(store, [rows[i] for i in keep])  # (N, T, H, W, 3) uint8, read on indexing
+        # (N, T, H, W, 3) uint8, read on indexing; a clip failing its checksum is decoded again from its file
+        self.clips = ClipView(store, [keys[i] for i in keep], self._redecode)
 
-    def _digest(self, store: ClipStore, path: str) -> str | None:
-        """path's content hash (from the store's size + mtime record when unchanged); None, with a named skip, when
-        the file cannot be read."""
+    def _key(self, store: ClipStore, path: str) -> str | None:
+        """path's clip_key (its content hash from the store's size + mtime record when unchanged); None, with a named
+        skip, when the file cannot be read."""
         try:
             digest = store.stat_hash(path)
             if digest is None:
                 digest = content_hash(path)
                 store.remember(path, digest)
-            return digest
+            return clip_key(digest, path)
         except OSError as e:
             self.skipped.append((shown(os.path.basename(path)), f"unreadable: {e}"))
             return None
+
+    def _decode(self, path: str) -> np.ndarray:
+        c = self.cfg
+        return load_clip(path, c.num_frames, c.image_size, c.resize_mode, c.max_clip_pixels, c.allow_stills,
+                         c.trim_still)
+
+    def _redecode(self, i: int) -> tuple[str, np.ndarray]:
+        """Clip i decoded again from its file, its copy in the store having failed its checksum (flipped bytes, or an
+        index whose rows were swapped), and stored again under the file's key: the store never serves another clip's
+        pixels. One warning line names the file; a file that no longer decodes is a one-line DataError."""
+        path = self.paths[i]
+        name = shown(os.path.basename(path))
+        print(f"warning: the clip cache's copy of {name} fails its checksum (a damaged cache): decoded it again from "
+              f"the file", file=sys.stderr)
+        try:
+            key, clip = clip_key(content_hash(path), path), self._decode(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"the clip cache's copy of {name} fails its checksum and the file cannot be decoded "
+                            f"again ({e}); delete {self.clips.store.root} to rebuild the cache") from e
+        try:
+            with self.clips.store as store:
+                store.add(key, clip, is_constant(clip), replace=True)
+        except OSError:
+            pass  # a cache that cannot be written leaves this read right all the same; the next one decodes again
+        return key, clip
 
     def top_captions(self, k: int = 3) -> list[str]:
         """The k most frequent captions (ties in caption order): sample prompts the data set itself holds."""

@@ -1,5 +1,5 @@
-"""Text2Sign command line: train, sample, train-evaluator, evaluate, export, serve, config, data-stats,
-prepare-data, synth-data.
+"""Text2Sign command line: train, train-autoencoder, sample, train-evaluator, evaluate, export, serve, config,
+data-stats, prepare-data, synth-data.
 
 Exit codes: 0 success, 2 usage / config / data errors (one line on stderr), 1 unexpected failure (traceback),
 130 / 143 training stopped by SIGINT (Ctrl-C) / SIGTERM after saving latest.pt (or aborted by a second signal).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
@@ -21,9 +22,9 @@ PEER_EXIT_DELAY_S = 5.0  # seconds a rank stopped by another rank's failure wait
 def cmd_train(args) -> int:
     from data.synth import ensure_data
     from methods.checkpoint import load_checkpoint
-    from methods.configure import config_from_checkpoint, load_config
-    from methods.experiment import refuse_to_overwrite
-    from methods.trainer import Trainer
+    from methods.run_config import config_from_checkpoint, load_config
+    from methods.training.experiment import refuse_to_overwrite
+    from methods.training.trainer import Trainer
     from utils.device import select_device
     from utils.distributed import close_world, init_world, launcher_world, main_first
 
@@ -45,6 +46,31 @@ def cmd_train(args) -> int:
         return train(Trainer(cfg, resume=state, world=world))
     finally:
         close_world()
+
+
+def cmd_train_autoencoder(args) -> int:
+    from data.synth import ensure_data
+    from methods.run_config import config_from_checkpoint, load_config
+    from methods.training.autoencoder import SUFFIX, load_run_state, train_autoencoder
+
+    cfg = load_config(args.preset, args.overrides)
+    state = None
+    if args.resume is not None:
+        path = args.resume or os.path.join(cfg.train.checkpoint_dir, cfg.train.exp_name + SUFFIX, "latest.pt")
+        state = load_run_state(path)
+        cfg = config_from_checkpoint(state, args.overrides)  # the run's own configuration; --set may change fields
+        print(f"resuming {path} at step {state['step']}", file=sys.stderr)
+    ensure_data(cfg.data)
+    info = train_autoencoder(cfg, resume=state)
+    if info["stopped"]:
+        print(f"stopped by {signal.Signals(info['stopped_by']).name} at step {info['step']}: {info['exp_dir']}/"
+              f"latest.pt saved; continue with `python main.py train-autoencoder --resume`", file=sys.stderr)
+        return 128 + info["stopped_by"]
+    print(f"{info['scored_on']} frames ({info['frames']}): PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}; "
+          f"latents mean {info['latent_mean']:.3f}, std {info['latent_std']:.3f}; strip: {info['strip']}\n"
+          f"use it with: --set autoencoder.kind=own --set autoencoder.path={info['path']}", file=sys.stderr)
+    print(info["path"])
+    return 0
 
 
 def train(trainer) -> int:
@@ -77,39 +103,40 @@ def sampling_flags(args) -> dict:
 
 
 def cmd_sample(args) -> int:
-    from methods.sampling import (SamplingSettings, load_ema_model, sample_captions, sample_seed, save_gifs,
-                                  warn_unknown_words)
-    from models.text_encoder import FrozenTextEncoder
+    from methods.pipeline import SignPipeline
+    from methods.sampling import sample_seed
     from utils.device import select_device
+    from utils.folders import check_output_dirs
 
     if args.num_samples < 1:
         raise UserError(f"--num_samples must be >= 1, got {args.num_samples}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     if not all(t.strip() for t in args.text):
         raise UserError("--text must not be empty or only spaces")
-    device = select_device(args.device)
-    cfg, model, diffusion, state = load_ema_model(args.checkpoint or args.model, device)
-    settings = SamplingSettings.resolve(cfg.diffusion, **sampling_flags(args))
-    warn_unknown_words(args.text, state)
+    pipe = SignPipeline.from_pretrained(args.checkpoint or args.model, select_device(args.device))
+    settings = pipe.settings(**sampling_flags(args))
+    pipe.warn_unknown_words(args.text)
+    out_dir = args.output_dir or os.path.join(pipe.cfg.train.sample_dir, pipe.cfg.train.exp_name)
+    check_output_dirs({"--output_dir": out_dir})  # before minutes of sampling
     jobs = [(text, j) for text in args.text for j in range(args.num_samples)]
     texts = [text for text, _ in jobs]
-    encoder = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device)
-    clips = sample_captions(cfg, model, diffusion, encoder, texts, settings,
-                            [sample_seed(args.seed, t, j) for t, j in jobs], device, progress=True)
-    out_dir = args.output_dir or os.path.join(cfg.train.sample_dir, cfg.train.exp_name)
-    for path in save_gifs(clips, texts, out_dir, suffix=f"_seed{args.seed}"):
+    clips = pipe(texts, seeds=[sample_seed(args.seed, t, j) for t, j in jobs], settings=settings,
+                 batch_size=args.batch_size, progress=True)
+    for path in pipe.save(clips, texts, out_dir, suffix=f"_seed{args.seed}"):
         print(path)
     return 0
 
 
 def cmd_train_evaluator(args) -> int:
     from data.synth import ensure_data
-    from methods.configure import load_config
+    from methods.run_config import load_config
     from methods.evaluation.training import train_evaluator
 
     overrides = args.overrides + ([f"data.data_dir={args.data}"] if args.data else [])
     if args.checkpoint:  # the data settings (folder, frames, size, preprocessing) the model was trained with
         from methods.checkpoint import load_checkpoint
-        from methods.configure import config_from_checkpoint
+        from methods.run_config import config_from_checkpoint
 
         cfg = config_from_checkpoint(load_checkpoint(args.checkpoint), overrides)
     else:
@@ -147,17 +174,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from methods.export import export
+    from methods.sharing.export import export
 
     info = export(args.checkpoint, args.out, evaluation=args.evaluation, captions=args.text, samples=args.samples,
-                  device=args.device)
+                  device=args.device, command=args.command_line)
     for name in info["files"]:
         print(os.path.join(info["out_dir"], name))
     return 0
 
 
 def cmd_serve(args) -> int:
-    from methods.serve import serve
+    from methods.sharing.serve import serve
     from utils.device import select_device
 
     if not 0 <= args.port <= 65535:
@@ -171,16 +198,16 @@ def cmd_serve(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from methods.configure import load_config
+    from methods.run_config import load_config
 
     print(format_config(load_config(args.preset, args.overrides)))
     return 0
 
 
 def cmd_data_stats(args) -> int:
-    from methods.configure import load_config
-    from methods.data_stats import data_stats, format_report
-    from methods.experiment import check_output_dirs
+    from methods.run_config import load_config
+    from methods.data_prep.data_stats import data_stats, format_report
+    from utils.folders import check_output_dirs
 
     if args.sheet_clips < 1:
         raise UserError("--sheet-clips must be >= 1")
@@ -192,10 +219,8 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_prepare_data(args) -> int:
-    from methods.prepare_data import prepare_data
+    from methods.data_prep.prepare_data import prepare_data
 
-    if args.workers < 1 or args.max_size < 8:
-        raise UserError("--workers must be >= 1 and --max-size >= 8")
     options = dict(video_col=args.video_col, caption_col=args.caption_col, start_col=args.start_col,
                    end_col=args.end_col, delimiter=args.delimiter, caption_field=args.caption_field, crop=args.crop,
                    caption_from_stem=args.caption_from_stem)
@@ -223,7 +248,7 @@ def cmd_synth_data(args) -> int:
     if args.num < 1:
         raise UserError("--num must be >= 1")
     info = write_dataset(args.out, args.num, seed=args.seed, size=args.size, num_frames=args.frames,
-                         holdout=args.holdout, command="python main.py " + " ".join(sys.argv[1:]),
+                         holdout=args.holdout, command=args.command_line,
                          workers=usable_cpus())
     print(f"wrote {info['clips']} clips to {args.out}" + (f" (+{info['heldout']} held-out in "
                                                            f"{os.path.join(args.out, HELDOUT_DIR)})"
@@ -250,6 +275,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="share of the noise a clip's frames have in common, in [0, 1); higher flickers less "
                         "(default: diffusion.sample_noise_correlation)")
     p.add_argument("--seed", type=int, default=0, help="clip j of caption c draws its noise from (seed, c, j)")
+    p.add_argument("--batch_size", type=int, default=16,
+                   help="clips sampled at once (bounds memory); each clip has its own seed, so the clips do not change")
     p.add_argument("--device", default="auto")
 
 
@@ -262,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue from PATH (default: checkpoints/<exp>/latest.pt)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-autoencoder", help="train the own frame autoencoder (latent diffusion) on the data's "
+                                                 "frames; prints its folder for autoencoder.path")
+    add_config_args(p)
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                   help="continue from PATH (default: checkpoints/<exp>-autoencoder/latest.pt)")
+    p.set_defaults(func=cmd_train_autoencoder)
 
     p = sub.add_parser("sample", help="generate GIFs for a caption from a checkpoint or an exported model")
     add_model_source(p)
@@ -287,8 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: generated_samples/<exp>/eval_step<N>_<split>.json")
     p.add_argument("--evaluator", default=None, metavar="PATH",
                    help="default: evaluator.pt next to the checkpoint (in the --model folder)")
-    p.add_argument("--batch_size", type=int, default=16,
-                   help="clips sampled at once; speed only, each clip has its own seed")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="a checkpoint -> a folder to share: safetensors weights, config.json, model card")
@@ -363,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from utils.distributed import PeerFailed, rank_prefix, reports_errors
 
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
+    args.command_line = "python main.py " + shlex.join(argv)  # what a folder's owner mark says made it
     try:
         return args.func(args)
     except UserError as err:

@@ -29,7 +29,7 @@ import tempfile
 
 import torch
 
-from preflight import FAIL, PASS, WARN, Checks, check_config, format_count, parse_args
+from methods.training.preflight import FAIL, PASS, WARN, Checks, check_config, format_count, parse_args
 
 BYTES_PER_PARAM_CHECKPOINT = 16  # fp32 weights + EMA + AdamW exp_avg + exp_avg_sq
 
@@ -160,8 +160,8 @@ def check_backbone_trainable(model):
 
 
 def check_output_dirs(places: dict[str, str]):
-    """places: config field -> folder, as the trainer will write them (methods.experiment.output_dirs)."""
-    from utils.atomic import unwritable_reason
+    """places: config field -> folder, as the trainer will write them (methods.training.experiment.output_dirs)."""
+    from utils.folders import unwritable_reason
 
     problems = [f"{field}: {folder} ({why})" for field, folder in places.items() if (why := unwritable_reason(folder))]
     if problems:
@@ -207,7 +207,7 @@ def check_tensorboard(log_root: str):
 
 
 def check_device_memory(cfg, model):
-    from methods.experiment import estimate_memory
+    from methods.training.experiment import estimate_memory
     from utils.device import autocast_dtype, available_memory, select_device
 
     device = select_device(cfg.train.device)
@@ -240,12 +240,12 @@ def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
     if model is not None:
         checks.run("pretrained", check_pretrained, model, cfg.model.pretrained, cfg.model.vit_init)
         checks.run("backbone trainable", check_backbone_trainable, model)
-    from methods.experiment import output_dirs
+    from methods.training.experiment import output_dirs
 
     places = output_dirs(cfg, os.path.join(tc.checkpoint_dir, tc.exp_name), os.path.join(tc.sample_dir, tc.exp_name))
     checks.run("output directories", check_output_dirs, places)
     if model is not None:
-        from methods.trainer import planned_steps
+        from methods.training.trainer import planned_steps
 
         n_params = sum(p.numel() for p in model.parameters())
         checks.run("disk space", check_disk, tc.checkpoint_dir, n_params, planned_steps(tc, max(n_train, 1)),

@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from preflight import FAIL, PASS, Checks, check_config, format_count, parse_args
+from methods.training.preflight import FAIL, PASS, Checks, check_config, format_count, parse_args
 
 STD_RANGE = (1e-3, 1e2)
 MIN_TEXT_EFFECT = 1e-5
@@ -39,7 +39,7 @@ MIN_TEXT_EFFECT = 1e-5
 def build_trainer(cfg):
     """The trainer's own construction: same data, embeddings, model, pretrained loading, device and optimizer."""
     from data.synth import ensure_data
-    from methods.trainer import Trainer
+    from methods.training.trainer import Trainer
 
     ensure_data(cfg.data)
     trainer = Trainer(cfg)

@@ -1,7 +1,9 @@
 """The clip store at scale: cold build, warm start-up, peak resident memory over an epoch and clips/s delivered, for
 data sets of several sizes (each measured in a fresh process, so start-up and peak memory are that size's alone).
 
-    python benchmarks/bench_data.py [--sizes 10000 100000] [--frames 8] [--size 32] [--batch 8] [--dir DIR]
+    python benchmarks/bench_data.py [--sizes 10000 100000] [--frames 8] [--size 32] [--batch 8] [--dir DIR] [--smoke]
+
+--smoke: one folder of 16 clips of 4 x 16 x 16 in batches of 4: checks the script in seconds, measures nothing.
 
 The clips are small synthetic GIFs: 64 distinct renders of the synthetic signer, each file made unique by a GIF
 comment extension holding its number (different bytes, so every file is hashed, decoded and stored as its own row,
@@ -53,14 +55,14 @@ def build_folder(folder: str, n: int, frames: int, size: int) -> None:
     """n unique GIF + caption pairs (idempotent: an existing complete folder is kept)."""
     from PIL import Image
 
-    from data.synth import render_clip, sample_captions
+    from data.synth import render_clip, draw_captions
 
     marker = os.path.join(folder, ".complete")
     if os.path.exists(marker):
         return
     os.makedirs(folder, exist_ok=True)
     bases = []
-    for k, words in enumerate(sample_captions(64, seed=0)):
+    for k, words in enumerate(draw_captions(min(64, n), seed=0)):
         frames_k = render_clip(words, size=size, num_frames=frames, variation_seed=k)
         bases.append((" ".join(words), [Image.fromarray(f) for f in frames_k]))
     encoded = []
@@ -91,7 +93,10 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dir", default=None, help="where the folders and caches live (default: a temp folder)")
+    p.add_argument("--smoke", action="store_true", help="16 tiny clips: checks the script runs")
     args = p.parse_args()
+    if args.smoke:
+        args.sizes, args.frames, args.size, args.batch = [16], 4, 16, 4
     root = args.dir or tempfile.mkdtemp(prefix="t2s_bench_data_")
     print(f"clips of {args.frames}x{args.size}x{args.size}, batch {args.batch}, under {root}")
     print("| clips | folder build s | cold start s (decode + store) | warm start s | epoch clips/s | "

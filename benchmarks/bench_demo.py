@@ -2,7 +2,10 @@
 memory.
 
     python benchmarks/bench_demo.py [--preset demo] [--steps 30] [--warmup 3] [--clips 600] [--data DIR] \
-        [--set field=value ...]
+        [--set field=value ...] [--smoke]
+
+--smoke: seconds, not minutes (2 timed steps after 1, 16 clips, 64 get_batch draws), to check the script runs; give
+tiny --set overrides too (tests/test_benchmarks.py passes a tiny model and a local text encoder).
 
 Writes nothing outside a temp folder (besides the data cache of DIR, if it is new). Prints its figures.
 """
@@ -18,11 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from methods.configure import load_config  # noqa: E402
+from methods.run_config import load_config  # noqa: E402
 from dataset import SignDataset  # noqa: E402
-from methods.trainer import Trainer  # noqa: E402
+from methods.training.trainer import Trainer  # noqa: E402
 from data.synth import write_dataset  # noqa: E402
-from methods.train_stats import peak_rss_mb  # noqa: E402
+from methods.training.train_stats import peak_rss_mb  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +36,11 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=600, help="clips of the synthetic set written when --data is not given")
     p.add_argument("--data", default=None, help="clip folder (default: a fresh synthetic set at the preset's size)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--smoke", action="store_true", help="the smallest run: checks the script, not the speed")
     args = p.parse_args()
+    if args.smoke:
+        args.steps, args.warmup, args.clips = 2, 1, 16
+    draws = 64 if args.smoke else 4096
     tmp = tempfile.mkdtemp(prefix="t2s_bench_")
     data = args.data or os.path.join(tmp, "data")
     if not args.data:
@@ -53,7 +60,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ds = SignDataset(cfg.data, "train", quiet=True)
     cached_s = time.perf_counter() - t0
-    idx = torch.randint(0, len(ds), (4096,))
+    idx = torch.randint(0, len(ds), (draws,))
     t0 = time.perf_counter()
     for i in range(0, len(idx), cfg.train.batch_size):
         ds.get_batch(idx[i:i + cfg.train.batch_size])
@@ -70,7 +77,7 @@ def main() -> None:
     trainer.train(stop_at=args.warmup + args.steps)
     full_s = (time.perf_counter() - t0 - save_s) / args.steps  # train() ends with one latest.pt write
 
-    videos, text = trainer.next_batch()
+    videos, text, *_ = trainer.next_batch()  # + this rank's rows, the global batch size, whether they count
     model, diffusion = trainer.model, trainer.diffusion
     t = diffusion.sample_timesteps(videos.shape[0], generator=torch.Generator().manual_seed(0))
     noise = torch.randn_like(videos)

@@ -4,6 +4,10 @@ matmul peak of the device the script runs on.
     python benchmarks/bench_gpu.py [--device cuda] [--configs tinyfusion,demo,...] [--batches 1,2,4,8,16,32]
         [--steps 5] [--warmup 2] [--compile] [--out FILE.json]
     python benchmarks/bench_gpu.py --device cpu --configs demo --batches 1,8 --steps 3   # the CPU figures
+    python benchmarks/bench_gpu.py --smoke [--device cuda]   # seconds: a test-size model, checks the script runs
+
+--smoke runs the "smoke" config (the demo preset at UNet3D-Test, 4 x 16 x 16) at batch 1 for one step, with
+a short matmul peak: on the CPU by default, so it runs on machines without a GPU; its figures mean nothing.
 
 A training step is the trainer's: bf16 autocast (fp32 on CPU, as train.precision=auto), diffusion.training_losses
 with the config's objective and weighting, backward, gradient clipping, AdamW (fused on CUDA) and the EMA update;
@@ -34,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only the encoder's width is want
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from methods.configure import load_config  # noqa: E402
-from methods.experiment import estimate_memory  # noqa: E402
+from methods.run_config import load_config  # noqa: E402
+from methods.training.experiment import estimate_memory  # noqa: E402
 from diffusion import GaussianDiffusion  # noqa: E402
 from methods.sampling import SamplingSettings, generate  # noqa: E402
 from models import build_video_model  # noqa: E402
@@ -52,6 +56,7 @@ CONFIGS = {
     **{arch: ("tinyfusion", [f"model.arch={arch}", "model.pretrained="])
        for arch in ("UNet3D-B", "ViT3D-B/2x4", "DiT3D-B/2x4", "ViViT-B/16")},
 }
+SMOKE = {"smoke": ("demo", ["model.arch=UNet3D-Test", "data.image_size=16", "data.num_frames=4"])}  # --smoke only
 
 
 def sync(device: torch.device) -> None:
@@ -59,17 +64,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device) -> tuple[float, str]:
+def matmul_peak(device: torch.device, smoke: bool = False) -> tuple[float, str]:
     """Best dense matmul FLOP/s over a few square sizes: bf16 on CUDA, fp32 on CPU (its bf16 path is slower)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     sizes = (4096, 8192, 16384) if device.type == "cuda" else (512, 1024, 2048)
+    sizes, seconds = ((256,), 0.0) if smoke else (sizes, 1.0)
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         a @ b
         sync(device)
         reps, t0 = 0, time.perf_counter()
-        while reps < 5 or time.perf_counter() - t0 < 1.0:  # at least a second of matmuls: CPU clocks settle
+        while reps < 5 or time.perf_counter() - t0 < seconds:  # at least a second of matmuls: CPU clocks settle
             a @ b
             reps += 1
             if reps % 5 == 0:
@@ -80,7 +86,7 @@ def matmul_peak(device: torch.device) -> tuple[float, str]:
 
 
 def config_for(name: str, variant: dict, batch: int, compile_: bool):
-    preset, overrides = CONFIGS[name]
+    preset, overrides = {**CONFIGS, **SMOKE}[name]
     cfg = load_config(preset, overrides + [f"{k}={v}" for k, v in variant.items()])
     cfg.train.batch_size, cfg.train.compile = batch, compile_
     return cfg
@@ -133,7 +139,7 @@ def inputs_meta(cfg):
 
 
 def step_memory(cfg) -> int:
-    """The trainer's estimate of a training step's bytes (methods.experiment), from a meta-device model."""
+    """The trainer's estimate of a training step's bytes (methods.training.experiment), from a meta-device model."""
     with torch.device("meta"):
         model = build_video_model(cfg, text_dim(cfg))
     return estimate_memory(cfg, model)
@@ -206,7 +212,7 @@ def variants(name: str) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="default: cuda where there is one (cpu with --smoke)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     p.add_argument("--batches", default="1,2,4,8,16,32")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
@@ -214,17 +220,20 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="train.compile=true (the first steps compile)")
     p.add_argument("--no-sampling", dest="sampling", action="store_false")
     p.add_argument("--out", default=None, help="also write the rows as JSON")
+    p.add_argument("--smoke", action="store_true", help="the smoke config at batch 1, one step")
     args = p.parse_args()
-    device = torch.device(args.device)
+    if args.smoke:
+        args.configs, args.batches, args.steps, args.warmup = "smoke", "1", 1, 1
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
     configure_matmul(True)
-    peak, peak_dtype = matmul_peak(device)
+    peak, peak_dtype = matmul_peak(device, args.smoke)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {name}: measured {peak_dtype} matmul peak {peak / 1e12:.2f} TFLOP/s")
     print("| config | variant | batch | params (M) | clips/s | step (s) | TFLOP/s | MFU | peak GB |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for cname in args.configs.split(","):
-        if cname not in CONFIGS:
+        if cname not in CONFIGS and not (args.smoke and cname in SMOKE):
             raise SystemExit(f"--configs: {cname!r} is not one of {', '.join(CONFIGS)}")
         flops_per_clip = model_flops(config_for(cname, {}, 1, False))
         for variant in variants(cname):
@@ -252,9 +261,11 @@ def main() -> None:
                 print(f"| {cname} | {label} | {batch} | {r['params_m']:.1f} | {row['clips_per_s']:.2f} | "
                       f"{r['s_per_step']:.3f} | {tflops:.3g} | {row['mfu']:.1%} | {memory} |", flush=True)
         if args.sampling:
-            s = time_sampling(config_for(cname, {}, 1, False), device)
+            steps = 2 if args.smoke else 25
+            s = time_sampling(config_for(cname, {}, 1, False), device, steps=steps)
             rows.append({"config": cname, "sampling_s_per_clip": s})
-            print(f"| {cname} | sampling: 25 DDIM steps, guidance 5, one clip | 1 | | | {s:.3f} s | | | |", flush=True)
+            print(f"| {cname} | sampling: {steps} DDIM steps, guidance 5, one clip | 1 | | | {s:.3f} s | | | |",
+                  flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": name, "peak_flops": peak, "peak_dtype": peak_dtype, "rows": rows}, f, indent=1)

@@ -1,6 +1,10 @@
 """TensorBoard logging overhead at the default intervals, as a share of the demo preset's training step time.
 
-    python benchmarks/bench_logging.py [--steps 10] [--rounds 3] [--clips 48] [--set field=value ...]
+    python benchmarks/bench_logging.py [--steps 10] [--rounds 3] [--clips 48] [--data DIR] [--set field=value ...]
+        [--smoke]
+
+--smoke: seconds, not minutes (blocks of 2 steps, one round, 8 clips, 1-step warm-ups), to check the script runs;
+give tiny --set overrides too (tests/test_benchmarks.py passes a tiny model and a local text encoder).
 
 One trainer (demo preset, a small synthetic data set in a temp folder; checkpoint writes skipped) alternates
 blocks of `--steps` optimizer steps with logging off (train.tensorboard=false) and on at the default intervals.
@@ -29,10 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from methods.configure import load_config  # noqa: E402
-from methods.trainer import Trainer  # noqa: E402
+from methods.run_config import load_config  # noqa: E402
+from methods.training.trainer import Trainer  # noqa: E402
 from data.synth import write_dataset  # noqa: E402
-from methods.tb_logger import TBLogger  # noqa: E402
+from methods.training.tb_logger import TBLogger  # noqa: E402
 
 
 def block(trainer: Trainer, steps: int, **train_fields) -> dict[str, float]:
@@ -89,11 +93,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per timed block")
     p.add_argument("--rounds", type=int, default=3, help="rounds of off/on/stats/hist blocks (medians reported)")
     p.add_argument("--clips", type=int, default=48, help="synthetic clips in the temp data set")
+    p.add_argument("--data", default=None, help="clip folder (default: a fresh synthetic set of --clips clips)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--smoke", action="store_true", help="the smallest run: checks the script, not the overhead")
     args = p.parse_args()
+    warmup = 1 if args.smoke else 3
+    if args.smoke:
+        args.steps, args.rounds, args.clips = 2, 1, 8
     tmp = tempfile.mkdtemp(prefix="t2s_benchlog_")
-    write_dataset(os.path.join(tmp, "data"), args.clips, seed=0, size=32, num_frames=16)
-    cfg = load_config("demo", [f"data.data_dir={tmp}/data", f"data.cache_dir={tmp}/cache",
+    data = args.data or os.path.join(tmp, "data")
+    if not args.data:
+        write_dataset(data, args.clips, seed=0, size=32, num_frames=16)
+    cfg = load_config("demo", [f"data.data_dir={data}", f"data.cache_dir={tmp}/cache",
                                 f"train.checkpoint_dir={tmp}/ck", f"train.log_dir={tmp}/logs",
                                 f"train.sample_dir={tmp}/s", "train.max_steps=100000", *args.overrides])
     tc = cfg.train
@@ -104,8 +115,8 @@ def main() -> None:
     trainer = Trainer(cfg, quiet=True)
     trainer.save = lambda *names: None  # checkpoint writes are not logging: keep them out of every block
     trainer.write_samples = lambda: []  # sample generation is not logging; the logger's part is timed below
-    block(trainer, 3, tensorboard=False)  # warm-up: allocator, first-call overheads, tensorboard import
-    block(trainer, 3)
+    block(trainer, warmup, tensorboard=False)  # warm-up: allocator, first-call overheads, tensorboard import
+    block(trainer, warmup)
     runs: dict[str, list[dict[str, float]]] = {"off": [], "on": [], "stats": [], "hist": []}
     for _ in range(args.rounds):
         runs["off"].append(block(trainer, args.steps, tensorboard=False))

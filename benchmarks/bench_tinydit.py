@@ -2,7 +2,9 @@
 
     python benchmarks/bench_tinydit.py [--steps 1] [--warmup 0] [--device cpu|cuda] [--dtype fp32|bf16]
         [--no-checkpointing] [--frames 16] [--size 64] [--batch 1] [--chunk 4] [--pretrained PATH]
-        [--no-optimizer] [--peak-tflops X]
+        [--no-optimizer] [--peak-tflops X] [--smoke]
+
+--smoke: the DiT-Test/4 size at 4 x 16 x 16 in fp32, one step: checks the script in seconds, measures nothing.
 
 One training step = forward, MSE loss against the noise, backward and (unless --no-optimizer) an AdamW step, on
 random clips and random caption embeddings (768-dim, 32 tokens, like DistilBERT). The trainer's EMA copy is not
@@ -33,7 +35,7 @@ import torch.nn as nn  # noqa: E402
 
 from models import build_model  # noqa: E402
 from models.blocks import Attention, CrossAttention, TemporalAttention, TextCrossAttention  # noqa: E402
-from methods.train_stats import peak_rss_mb, rss_mb  # noqa: E402
+from methods.training.train_stats import peak_rss_mb, rss_mb  # noqa: E402
 
 PEAK_FLOPS = {("cpu", "fp32"): 175e9, ("cpu", "bf16"): 501e9, ("cuda", "bf16"): 798e12, ("cuda", "fp32"): 798e12}
 
@@ -121,7 +123,11 @@ def main() -> None:
     p.add_argument("--pretrained", default="", help="TinyDiT file to load (default: random init)")
     p.add_argument("--no-optimizer", dest="optimizer", action="store_false", help="time forward+backward only")
     p.add_argument("--peak-tflops", type=float, default=None, help="MFU denominator (default: measured peaks)")
+    p.add_argument("--smoke", action="store_true", help="a test-size model, one step: checks the script runs")
     args = p.parse_args()
+    if args.smoke:
+        args.arch, args.frames, args.size, args.chunk, args.dtype, args.steps, args.warmup = (
+            "DiT-Test/4", 4, 16, 2, "fp32", 1, 0)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

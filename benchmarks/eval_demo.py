@@ -3,20 +3,22 @@
     python main.py train-evaluator                                   # once: checkpoints/demo/evaluator.pt
     python benchmarks/eval_demo.py --checkpoints checkpoints/demo/step_0000500.pt checkpoints/demo/final.pt \
         [--split train] [--num_captions 32] [--num_samples N] [--guidance 1 3 5] [--steps S] [--noise_correlation R] \
-        [--evaluator PATH] [--out_dir DIR]
+        [--evaluator PATH] [--out_dir DIR] [--smoke]
 
 One markdown row per (checkpoint, guidance, group): generated R@1 ± its standard error over captions / real R@1
 (their ratio; the issue's target is >= 0.9 on seen and >= 0.7 on unseen captions) and chance, R@5, Frechet distance
 in the evaluator's space, SSIM, PSNR and mean frame-to-frame change generated / real. `--split train` gives seen
 captions; the synthetic set's heldout/ folder (when present) gives unseen word combinations; `--split val` gives new
 clips whose multi-word captions are mostly unseen combinations too. `--num_samples N` draws N clips per caption (R@k
-averages over them). Each evaluation's JSON and GIF grids go to --out_dir.
+averages over them). Each evaluation's JSON and GIF grids go to --out_dir. --smoke: 3 captions, 2 sampler steps
+(unless --steps is given), out_dir a temp folder: checks the script with any checkpoint + evaluator in seconds.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,8 +52,13 @@ def main() -> int:
     p.add_argument("--evaluator", default=None, help="default: evaluator.pt next to each checkpoint")
     p.add_argument("--data", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out_dir", default="generated_samples/eval_demo")
+    p.add_argument("--out_dir", default=None, help="default: generated_samples/eval_demo (a temp folder with --smoke)")
+    p.add_argument("--smoke", action="store_true", help="3 captions, 2 sampler steps: checks the script runs")
     args = p.parse_args()
+    if args.smoke:
+        args.num_captions, args.steps = 3, args.steps or 2
+    args.out_dir = args.out_dir or (tempfile.mkdtemp(prefix="t2s_eval_demo_") if args.smoke
+                                    else os.path.join("generated_samples", "eval_demo"))
     print(HEADER)
     try:
         for ckpt in args.checkpoints:

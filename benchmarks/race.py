@@ -3,7 +3,7 @@ evaluated with the README's protocol, as one table.
 
     python main.py train-evaluator --set train.exp_name=race        # once: checkpoints/race/evaluator.pt
     python benchmarks/race.py --run dit model.arch=DiT-Demo/4 --run unet model.arch=UNet3D-Demo \
-        [--budget 600] [--guidance 5] [--seeds 0 1 2] [--num_samples 4] [--out_dir generated_samples/race]
+        [--budget 600] [--guidance 5] [--seeds 0 1 2] [--num_samples 4] [--out_dir generated_samples/race] [--smoke]
 
 For each --run NAME FIELD=VALUE... (demo preset + those overrides, experiment race_NAME):
 1. probe: a separate process times 20 training steps after 3 warm-up steps (steps/s of the real trainer);
@@ -15,7 +15,11 @@ results.json keeps every number, so the phases can run separately (--phase train
 race continues where it was: runs already trained and draws already evaluated are not redone.
 Prints one row per run: parameters, steps, steps/s, training minutes, peak resident memory of the training process,
 and the means over the caption draws of R@1 (ratio to real), R@5, Frechet, SSIM, PSNR and frame change. The JSONs,
-GIF grids and logs go to --out_dir; results.json holds every number.
+GIF grids and logs go to --out_dir; results.json holds every number. Checkpoints go where each run's config puts
+them (checkpoints/race_NAME unless a FIELD=VALUE moves train.checkpoint_dir).
+--smoke: checks the script in seconds, measures nothing: a probe of 1 + 2 steps, at most 2 training steps, one draw of
+3 captions x 1 sample at 2 sampler steps, out_dir a temp folder; give tiny FIELD=VALUEs and --evaluator too
+(tests/test_benchmarks.py does).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,15 +38,15 @@ sys.path.insert(0, ROOT)
 PROBE = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from methods.configure import load_config
-from methods.trainer import Trainer
+from methods.run_config import load_config
+from methods.training.trainer import Trainer
 cfg = load_config("demo", {overrides!r})
 trainer = Trainer(cfg, quiet=True)
 start = time.perf_counter() - {t0!r}
-trainer.train(stop_at=3)
+trainer.train(stop_at={warmup})
 t0 = time.perf_counter()
-trainer.train(stop_at=23)
-rate = 20 / (time.perf_counter() - t0)
+trainer.train(stop_at={stop})
+rate = {timed} / (time.perf_counter() - t0)
 print(json.dumps(dict(rate=rate, startup=start, params=sum(p.numel() for p in trainer.model.parameters()))))
 """
 
@@ -66,12 +71,13 @@ def run_child(cmd: list[str], log_path: str, deadline: float | None = None) -> t
         time.sleep(0.5)
 
 
-def probe(name: str, fields: list[str], out_dir: str) -> dict:
+def probe(name: str, fields: list[str], out_dir: str, warmup: int = 3, timed: int = 20) -> dict:
     tmp = os.path.join(out_dir, f"{name}_probe")
     fields = overrides_for(name, fields) + [
         f"train.checkpoint_dir={tmp}/ck", f"train.log_dir={tmp}/logs", f"train.sample_dir={tmp}/s",
         "train.sample_every=0", "train.tensorboard=false", "train.max_steps=100000"]
-    code = PROBE.format(root=ROOT, overrides=fields, t0=time.perf_counter())
+    code = PROBE.format(root=ROOT, overrides=fields, t0=time.perf_counter(), warmup=warmup, timed=timed,
+                       stop=warmup + timed)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{name}: probe failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -82,7 +88,7 @@ def evaluate_seed(ckpt: str, args, name: str, seed: int) -> dict:
     """One caption draw: evaluate's groups (train = seen captions, heldout = unseen combinations), trimmed."""
     from methods.evaluation.evaluate import evaluate
 
-    report = evaluate(ckpt, split="train", num_captions=32, sampling={"guidance": args.guidance,
+    report = evaluate(ckpt, split="train", num_captions=args.num_captions, sampling={"guidance": args.guidance,
                                                                       "steps": args.sample_steps},
                       evaluator=args.evaluator, seed=seed, num_samples=args.num_samples, progress=False,
                       out=os.path.join(args.out_dir, name, f"seed{seed}_{protocol(args)}_train.json"))
@@ -128,17 +134,25 @@ HEADER = ("| run | arch | params | steps | probe steps/s | train min | peak MB |
           "frame change gen / real | caption draws |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+def experiment_dir(name: str, fields: list[str]) -> str:
+    """Where the run's trainer writes its checkpoints: its config's train.checkpoint_dir / train.exp_name."""
+    from methods.run_config import load_config
+
+    cfg = load_config("demo", overrides_for(name, fields))
+    return os.path.join(ROOT, cfg.train.checkpoint_dir, cfg.train.exp_name)  # the trainer runs in ROOT
+
+
 def train_run(name: str, fields: list[str], args) -> dict | None:
-    pr = probe(name, fields, args.out_dir)
+    pr = probe(name, fields, args.out_dir, *((1, 2) if args.smoke else (3, 20)))
     # 12% of the training time is left for the trainer's sample GIFs, checkpoints and a rate that drifts below the
     # probe's (measured: DiT-Demo/4 probed 1.6 steps/s and averaged 1.42 over its run)
     steps = int(pr["rate"] * (args.budget - pr["startup"]) * 0.88)
+    steps = max(1, min(steps, 2)) if args.smoke else steps
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "train", "--preset", "demo"]
     for o in overrides_for(name, fields) + [f"train.max_steps={steps}"]:
         cmd += ["--set", o]
     rc, seconds, peak = run_child(cmd, os.path.join(args.out_dir, f"{name}.log"), deadline=args.budget)
-    exp = os.path.join(ROOT, "checkpoints", f"race_{name}")
-    ckpt = os.path.join(exp, "final.pt" if rc == 0 else "latest.pt")
+    ckpt = os.path.join(experiment_dir(name, fields), "final.pt" if rc == 0 else "latest.pt")
     if not os.path.isfile(ckpt):
         print(f"{name}: training failed (exit {rc}), see {args.out_dir}/{name}.log", file=sys.stderr)
         return None
@@ -162,8 +176,15 @@ def main() -> int:
     p.add_argument("--num_samples", type=int, default=4)
     p.add_argument("--sample_steps", type=int, default=None, help="DDIM steps (default: the checkpoint's, 50)")
     p.add_argument("--evaluator", default=os.path.join(ROOT, "checkpoints", "race", "evaluator.pt"))
-    p.add_argument("--out_dir", default=os.path.join(ROOT, "generated_samples", "race"))
+    p.add_argument("--out_dir", default=None, help="default: generated_samples/race (a temp folder with --smoke)")
+    p.add_argument("--smoke", action="store_true", help="tiny probe, <= 2 steps, 3 captions: checks the script runs")
     args = p.parse_args()
+    args.num_captions = 32
+    if args.smoke:
+        args.seeds, args.num_samples, args.num_captions = [0], 1, 3
+        args.sample_steps = args.sample_steps or 2
+    args.out_dir = args.out_dir or (tempfile.mkdtemp(prefix="t2s_race_") if args.smoke
+                                    else os.path.join(ROOT, "generated_samples", "race"))
     os.makedirs(args.out_dir, exist_ok=True)
     results_path = os.path.join(args.out_dir, "results.json")
     results = json.load(open(results_path)) if os.path.isfile(results_path) else {}

@@ -1,12 +1,15 @@
 """The figures behind data.trim_still's default (config.REST_THRESHOLD): how much a resting signer's frames change
 after H.264 encoding, against how much the slowest synthetic signs change.
 
-    python benchmarks/rest_threshold.py
+    python benchmarks/rest_threshold.py [--smoke]
+
+--smoke: 32 px and 8 frames only (the figures need 128 and 256 px): checks the script runs in seconds.
 
 Change = mean absolute difference of consecutive frames in grey levels (0-255), the measure data.trim_still uses.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -25,11 +28,15 @@ def change(frames: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="one tiny size: checks the script runs, measures nothing")
+    args = p.parse_args()
+    sizes, frames, sigmas = ((32,), 8, (0, 2)) if args.smoke else ((128, 256), 24, (0, 2, 4))
     rng, tmp = np.random.default_rng(0), tempfile.mkdtemp(prefix="t2s_rest_")
-    for size in (128, 256):
-        clip = render_clip(["hello"], size=size, num_frames=24)
+    for size in sizes:
+        clip = render_clip(["hello"], size=size, num_frames=frames)
         still = np.repeat(clip[:1], 16, axis=0).astype(np.float32)
-        for sigma in (0, 2, 4):
+        for sigma in sigmas:
             noisy = np.clip(still + rng.normal(0, sigma, still.shape), 0, 255).astype(np.uint8)
             path = os.path.join(tmp, f"still_{size}_{sigma}.mp4")
             write_video(path, noisy, fps=25, crf=23)
@@ -37,8 +44,8 @@ def main() -> None:
             print(f"still signer {size}px, camera noise sigma {sigma}, H.264 crf 23: change mean {c.mean():.2f}, "
                   f"max {c.max():.2f}; before encoding {change(noisy).mean():.2f}")
         for words in (["hello"], ["thank", "you"], ["yes", "no", "please"]):
-            c = change(render_clip(words, size=size, num_frames=24))
-            print(f"synthetic '{' '.join(words)}' {size}px, 24 frames: change min {c.min():.2f}, "
+            c = change(render_clip(words, size=size, num_frames=frames))
+            print(f"synthetic '{' '.join(words)}' {size}px, {frames} frames: change min {c.min():.2f}, "
                   f"median {np.median(c):.2f}, max {c.max():.2f}")
 
 

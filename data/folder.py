@@ -8,7 +8,12 @@ silent choice:
 - a name that is not valid UTF-8, a link to outside the data folder, and a broken link are skipped;
 - a caption is matched by the exact stem, case included ("A.gif" takes "A.txt", never "a.txt"); it must be UTF-8
   (a BOM is allowed) or UTF-16 with a BOM; whitespace runs become one space; a caption with other control
-  characters (NUL, ESC, ...) or none left is skipped.
+  characters (NUL, ESC, ...) or none left is skipped;
+- the suffix says how a clip is decoded, and the content must agree: a .gif holds GIF data (utils/gif.py), any
+  video suffix holds a video (utils/video.py). A file that holds something else, such as an mp4 named .gif or a
+  GIF named .mp4, is skipped with the reason named ("not a GIF file (MP4 data; rename it to .mp4)"), never decoded
+  as what it really is, by training, data-stats and the checklist alike. Decoding results are remembered by content
+  and suffix, so the renamed file is tried again.
 """
 from __future__ import annotations
 

@@ -21,7 +21,10 @@ import numpy as np
 from config import DEMO_DATA_DIR, DataConfig
 from data.folder import HELDOUT_DIR, has_clips
 from utils.atomic import atomic_write
+from utils.folders import claim_output_folder
 from utils.gif import write_gif
+
+README_TITLE = "Text2Sign synthetic sign-language clips"
 
 COLOURS = {
     "red": (235, 35, 35), "orange": (255, 140, 0), "yellow": (250, 230, 30), "green": (40, 205, 60),
@@ -245,7 +248,13 @@ def render_clip(words: Sequence[str], size: int = 64, num_frames: int = 24, vari
     """Render a caption of known words to uint8 frames (num_frames, size, size, 3)."""
     if isinstance(words, str):
         words = words.split()
-    specs = [word_spec(w) for w in words]
+    return render_specs([word_spec(w) for w in words], size, num_frames, variation_seed)
+
+
+def render_specs(specs: Sequence[WordSpec], size: int = 64, num_frames: int = 24, variation_seed: int = 0,
+                 outline: bool = True) -> np.ndarray:
+    """render_clip for WordSpecs, which an evaluation may alter to plant a fault (another shape, path or order);
+    outline=False leaves out the ink ring."""
     if not specs:
         raise ValueError("render_clip needs at least one word")
     if num_frames < len(specs):
@@ -275,7 +284,8 @@ def render_clip(words: Sequence[str], size: int = 64, num_frames: int = 24, vari
         colour = np.array(spec.colour, np.float32)
         for track in hands:  # after both arms, so a hand is never hidden by the other arm
             sd = _sd_hand(x, y, track, spec.shape)
-            _paint(frames, _coverage(sd + 1.0 / size, size), INK)  # 1 px outline keeps shapes apart at 32x32
+            if outline:
+                _paint(frames, _coverage(sd + 1.0 / size, size), INK)  # 1 px outline keeps shapes apart at 32x32
             _paint(frames, _coverage(sd, size), colour)
         clip[start:stop] = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
     return clip
@@ -290,7 +300,7 @@ def _is_excluded(caption: tuple[str, ...], exclude: Collection[tuple[str, ...]])
     return any(_contains(caption, tuple(seq)) for seq in exclude)
 
 
-def sample_captions(num: int, seed: int, max_words: int = 3,
+def draw_captions(num: int, seed: int, max_words: int = 3,
                     exclude: Collection[tuple[str, ...]] = ()) -> list[tuple[str, ...]]:
     """Deterministic captions: every word alone first (VOCAB order), then random 1..max_words combos.
 
@@ -373,11 +383,15 @@ def _write_pairs(jobs: list[tuple], workers: int) -> None:
 
 
 def write_dataset(out_dir: str, num: int, seed: int = 0, size: int = 64, num_frames: int = 24,
-                  holdout: int = 0, command: str | None = None, workers: int = 1) -> dict:
+                  holdout: int = 0, command: str | None = None, workers: int = 1, flag: str = "--out") -> dict:
     """Write num <name>.gif + <name>.txt clips (and held-out combinations under HELDOUT_DIR/) plus README.txt, on
-    `workers` processes."""
+    `workers` processes, into a new or empty folder or one an earlier synth-data run made (never another's files)."""
+    if command is None:
+        command = (f"python -c \"from data.synth import write_dataset; write_dataset('<out_dir>', num={num}, "
+                   f"seed={seed}, size={size}, num_frames={num_frames}, holdout={holdout})\"")
+    claim_output_folder(out_dir, "synth-data", command, flag=flag, legacy=is_synthetic_set)
     held = holdout_combinations(seed, holdout) if holdout > 0 else []
-    captions = sample_captions(num, seed, exclude=held)
+    captions = draw_captions(num, seed, exclude=held)
     variations = np.random.default_rng([seed, 2]).integers(0, 2**31, size=num + len(held))
     os.makedirs(out_dir, exist_ok=True)
     jobs = [(out_dir, f"synth_{i:05d}", words, size, num_frames, int(variations[i]))
@@ -385,11 +399,8 @@ def write_dataset(out_dir: str, num: int, seed: int = 0, size: int = 64, num_fra
     jobs += [(os.path.join(out_dir, HELDOUT_DIR), f"heldout_{i:05d}", words, size, num_frames, int(variations[num + i]))
              for i, words in enumerate(held)]
     _write_pairs(jobs, workers)
-    if command is None:
-        command = (f"python -c \"from data.synth import write_dataset; write_dataset('<out_dir>', num={num}, "
-                   f"seed={seed}, size={size}, num_frames={num_frames}, holdout={holdout})\"")
     readme = (
-        "Text2Sign synthetic sign-language clips (procedural, data/synth.py).\n\n"
+        README_TITLE + " (procedural, data/synth.py).\n\n"
         "A cartoon signer moves coloured hands along one fixed motion per word; the words of a caption\n"
         "share the clip time equally and in order. Each <name>.gif has a caption in <name>.txt.\n"
         + (f"{HELDOUT_DIR}/ holds {len(held)} word combinations that never occur in the training clips,\n"
@@ -400,6 +411,15 @@ def write_dataset(out_dir: str, num: int, seed: int = 0, size: int = 64, num_fra
     with atomic_write(os.path.join(out_dir, "README.txt"), "w") as f:
         f.write(readme)
     return {"clips": len(captions), "heldout": len(held), "out_dir": out_dir}
+
+
+def is_synthetic_set(folder: str) -> bool:
+    """A folder an earlier write_dataset filled (from before output folders were marked): its README.txt says so."""
+    try:
+        with open(os.path.join(folder, "README.txt"), encoding="utf-8") as f:
+            return f.read(len(README_TITLE)) == README_TITLE
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def will_write_synthetic(dc: DataConfig) -> bool:
@@ -416,4 +436,4 @@ def ensure_data(dc: DataConfig) -> None:
         print(f"no clips in {dc.data_dir}: writing the built-in synthetic sign set ({dc.synth_num} clips, "
               f"seed {dc.synth_seed})", file=sys.stderr)
         write_dataset(dc.data_dir, dc.synth_num, seed=dc.synth_seed, holdout=dc.synth_holdout, workers=usable_cpus(),
-                      command="python main.py train (demo preset)")
+                      command="python main.py train (demo preset)", flag="data.data_dir")

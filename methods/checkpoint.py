@@ -14,9 +14,33 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Atomic: a kill mid-write leaves the previous file (or none), never a half-written one."""
+    """Atomic: a kill mid-write leaves the previous file (or none), never a half-written one. A failed write (a full
+    disk) raises its OSError, which torch's zip writer would otherwise replace with a RuntimeError."""
     with atomic_write(path) as f:
-        torch.save({"format_version": FORMAT_VERSION, **state}, f)
+        recorder = _WriteErrors(f)
+        try:
+            torch.save({"format_version": FORMAT_VERSION, **state}, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+
+class _WriteErrors:
+    """A file's write and flush, remembering the OSError of a failed write."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

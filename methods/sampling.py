@@ -1,26 +1,21 @@
 """Sampling clips from a trained model with classifier-free guidance, and writing them as GIFs.
 
 Conventions owned here: the sampling settings a command runs with (`SamplingSettings.resolve`), the noise seed of
-every generated clip (`sample_seed`), and the checkpoint-to-sampler loading that `sample` and `evaluate` share.
+every generated clip (`sample_seed`), the sampling loop (`generate`) and GIF naming (`save_gifs`). Loading a model to
+sample from is methods/pipeline.py's.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from config import DiffusionConfig
-from data.folder import caption_words
-from diffusion import SAMPLERS, GaussianDiffusion
-from methods.checkpoint import load_checkpoint, load_weights, nonfinite_summary
-from methods.configure import config_from_checkpoint
-from methods.exported import read_export
-from models import build_video_model
+from diffusion import SAMPLERS
 from models.text_encoder import TextEmbeddings
 from utils.device import autocast, autocast_dtype
 from utils.errors import UserError
@@ -80,41 +75,24 @@ def sample_seed(seed: int, caption: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any torch.Generator takes it
 
 
-def unknown_words(captions: list[str], state: dict) -> list[str]:
-    """The caption words that never occur in the checkpoint's training captions, in order, once each."""
-    known = set(state.get("caption_words") or ())
-    if not known:  # a checkpoint from before caption_words were saved: nothing to compare with
-        return []
-    return list(dict.fromkeys(w for c in captions for w in caption_words(c) if w not in known))
-
-
-def warn_unknown_words(captions: list[str], state: dict) -> list[str]:
-    """One warning naming the caption words that never occur in the checkpoint's training captions (returned)."""
-    unknown = unknown_words(captions, state)
-    if unknown:
-        print(f"warning: never in the training captions, so the model has not learned them: "
-              f"{', '.join(repr(w) for w in unknown)}", file=sys.stderr)
-    return unknown
-
-
-def load_ema_model(path: str, device="cpu"):
-    """A checkpoint's (or an exported folder's) config, its EMA weights in eval mode on `device`, its diffusion
-    process, and the raw state."""
-    state = read_export(path) if os.path.isdir(path) else load_checkpoint(path)
-    bad = nonfinite_summary(state["ema"])
-    if bad:
-        raise UserError(f"{path} holds non-finite EMA weights ({bad}): the run diverged before it was saved; sample "
-                        f"an earlier checkpoint")
-    cfg = config_from_checkpoint(state)
-    model = build_video_model(cfg, state["text_dim"])
-    load_weights(model, state["ema"], path)
-    return cfg, model.to(device).eval(), GaussianDiffusion.from_config(cfg.diffusion), state
+def generate(model, diffusion, text: TextEmbeddings, settings: SamplingSettings, seeds: list[int], *,
+             num_frames: int, image_size: int, device="cpu", progress: bool = False, decode=None,
+             clip_x0: bool = True) -> np.ndarray:
+    """One clip per row of `text`, row i drawn from seeds[i], as uint8 frames (B, T, H, W, 3): the sampling loop on
+    the model's image_size x image_size grid, then `decode` (model space -> frames in [-1, 1]; None: the model draws
+    frames) and to_uint8. The pipeline passes a latent model's decoder (methods/pipeline.py)."""
+    x = sample_clips(model, diffusion, text, settings, seeds, num_frames=num_frames, size=image_size, device=device,
+                     progress=progress, clip_x0=clip_x0)
+    return to_uint8(x if decode is None else decode(x))
 
 
 @torch.no_grad()
-def generate(model, diffusion, text: TextEmbeddings, settings: SamplingSettings, seeds: list[int], *,
-             num_frames: int, image_size: int, device="cpu", progress: bool = False) -> np.ndarray:
-    """One clip per row of `text`, row i drawn from seeds[i]: uint8 (B, T, H, W, 3)."""
+def sample_clips(model, diffusion, text: TextEmbeddings, settings: SamplingSettings, seeds: list[int], *,
+                 num_frames: int, size: int, device="cpu", progress: bool = False, clip_x0: bool = True
+                 ) -> torch.Tensor:
+    """The sampling loop: one clip per row of `text`, row i drawn from seeds[i], in the model's space: float
+    (B, model.in_channels, T, size, size). clip_x0 clamps each x0 estimate to [-1, 1], the range of pixel clips;
+    latent clips (unit std, unbounded) pass False. Decoding to frames is the caller's (methods/pipeline.py)."""
     model.eval()
     text = text.to(device)
     B = text.pooled.shape[0]
@@ -131,21 +109,13 @@ def generate(model, diffusion, text: TextEmbeddings, settings: SamplingSettings,
         return uncond + settings.guidance * (cond - uncond)
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    shape = (B, model.in_channels, num_frames, image_size, image_size)
+    shape = (B, model.in_channels, num_frames, size, size)
     device = torch.device(device)
+    unclamped = {} if clip_x0 else {"clip_x0": False}  # named only when off: a sampler's default is the clamp
     with autocast(device, autocast_dtype(device)):  # bf16 matmuls on CUDA, as in training; fp32 elsewhere
-        x0 = diffusion.sample(model_fn, shape, steps=settings.steps, sampler=settings.sampler, eta=settings.eta,
-                              generator=generators, device=device, progress=progress,
-                              noise_correlation=settings.noise_correlation)
-    return to_uint8(x0)
-
-
-def sample_captions(cfg, model, diffusion, encoder, captions: list[str], settings: SamplingSettings,
-                    seeds: list[int], device, progress: bool = False) -> np.ndarray:
-    """Clips (N, T, H, W, 3) of a loaded model for `captions` (encoded by `encoder`), clip i from seeds[i], at the
-    frames and size the model was trained on."""
-    return generate(model, diffusion, encoder.encode(captions), settings, seeds, num_frames=cfg.data.num_frames,
-                    image_size=cfg.data.image_size, device=device, progress=progress)
+        return diffusion.sample(model_fn, shape, steps=settings.steps, sampler=settings.sampler, eta=settings.eta,
+                                generator=generators, device=device, progress=progress,
+                                noise_correlation=settings.noise_correlation, **unclamped)
 
 
 def save_gifs(clips: np.ndarray, texts: list[str], out_dir: str, suffix: str = "",

@@ -1,3 +1,5 @@
-from models.registry import MODELS, build_model, build_video_model, check_model_config, load_initial_weights
+from models.registry import (MODELS, build_model, build_video_model, check_model_config, load_initial_weights,
+                             model_input_shape)
 
-__all__ = ["MODELS", "build_model", "build_video_model", "check_model_config", "load_initial_weights"]
+__all__ = ["MODELS", "build_model", "build_video_model", "check_model_config", "load_initial_weights",
+           "model_input_shape"]

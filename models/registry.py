@@ -39,9 +39,14 @@ def check_model_config(cfg: Config) -> None:
         raise ConfigError(f"model.arch={m.arch!r} must be one of {', '.join(MODELS)}")
     family, size = MODELS[m.arch]
     frames, pixels = family.multiples(size)
-    if cfg.data.image_size % pixels:
+    grid = model_input_shape(cfg)[2]
+    if grid % pixels and cfg.autoencoder.kind == "none":
         raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of {pixels} for "
                           f"model.arch={m.arch} (its patch / downsampling size)")
+    if grid % pixels:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} / autoencoder.down={cfg.autoencoder.down} = a "
+                          f"{grid}x{grid} latent grid, which must be a multiple of {pixels} for model.arch={m.arch} "
+                          f"(its patch / downsampling size): raise data.image_size or pick a smaller patch")
     if cfg.data.num_frames % frames:
         raise ConfigError(f"data.num_frames={cfg.data.num_frames} must be a multiple of {frames} for "
                           f"model.arch={m.arch} (its tubelet length)")
@@ -52,20 +57,42 @@ def check_model_config(cfg: Config) -> None:
                               f"({family.__name__}); it applies to {families_with(field)}")
 
 
+def model_input_shape(cfg: Config) -> tuple[int, int, int]:
+    """(channels, frames, size) of the clips the denoiser sees: RGB pixels, or with an autoencoder its latent grid
+    (autoencoder.latent_channels of data.image_size / autoencoder.down; the trainer checks the loaded autoencoder
+    agrees). The one place this is decided: model, memory estimates and samplers all ask it."""
+    ac, dc = cfg.autoencoder, cfg.data
+    if ac.kind == "none":
+        return 3, dc.num_frames, dc.image_size
+    return ac.latent_channels, dc.num_frames, dc.image_size // ac.down
+
+
+def check_autoencoder(cfg: Config, autoencoder) -> None:
+    """The loaded autoencoder makes the latents model_input_shape promised (autoencoder.latent_channels and .down
+    describe the model grid before any autoencoder is loaded; a kl / tiny one's own config decides them)."""
+    ac = cfg.autoencoder
+    for field in ("down", "latent_channels"):
+        if getattr(autoencoder, field) != getattr(ac, field):
+            raise ConfigError(f"autoencoder.{field}={getattr(ac, field)} but the {ac.kind} autoencoder "
+                              f"{ac.path} has {field} {getattr(autoencoder, field)}: set "
+                              f"autoencoder.{field}={getattr(autoencoder, field)}")
+
+
 def build_model(arch: str, image_size: int, text_dim: int, **options) -> nn.Module:
-    """The named size of an architecture; options are constructor arguments the family honours."""
+    """The named size of an architecture; options are constructor arguments the family honours (and in_channels)."""
     family, size = MODELS[arch]
     return family(image_size=image_size, text_dim=text_dim, **size, **options)
 
 
 def build_video_model(cfg: Config, text_dim: int) -> nn.Module:
-    """The model a Config describes (cfg.model and cfg.data.image_size), randomly initialised."""
+    """The model a Config describes (cfg.model on model_input_shape's clips), randomly initialised."""
     m = cfg.model
+    channels, _, grid = model_input_shape(cfg)
     options = dict(temporal_attention=m.temporal_attention, cross_attention=m.cross_attention,
                    text_alignment=m.text_alignment, frame_chunk_size=m.frame_chunk_size,
                    grad_checkpointing=m.grad_checkpointing)
     family, _ = MODELS[m.arch]
-    return build_model(m.arch, cfg.data.image_size, text_dim, **{k: options[k] for k in family.OPTIONS})
+    return build_model(m.arch, grid, text_dim, in_channels=channels, **{k: options[k] for k in family.OPTIONS})
 
 
 def load_initial_weights(model: nn.Module, cfg: Config) -> str | None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods.configure import load_config
+from methods.run_config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

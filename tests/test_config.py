@@ -2,11 +2,12 @@
 import ast
 import dataclasses
 import pathlib
+import re
 
 import pytest
 
 from config import PRESETS, Config, ConfigError, apply_overrides, build_config, format_config, set_field
-from methods.configure import load_config
+from methods.run_config import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -19,9 +20,39 @@ def test_tinyfusion_preset_is_the_seed_configuration():
     assert cfg.text.encoder == "distilbert-base-uncased"
 
 
-def test_every_preset_validates():
+def check_every_preset() -> list[str]:
+    """Every preset through load_config, the check a command runs (ranges, then the choices and the model's clip
+    rules: build_config alone checks ranges, so an unknown arch or a clip its patch does not divide would pass)."""
     for name in PRESETS:
-        build_config(name)
+        try:
+            load_config(name)
+        except ConfigError as err:
+            raise ConfigError(f"preset {name!r}: {err}") from err
+    return list(PRESETS)
+
+
+def test_every_preset_validates():
+    assert {"tinyfusion", "demo", "real", "real-large"} <= set(check_every_preset())  # real*: never checked before
+
+
+@pytest.mark.parametrize("base, field, value, needle", [
+    ("real", "model.arch", "UNet3D-Nope", "model.arch='UNet3D-Nope' must be one of"),
+    ("real_large", "data.image_size", 60, "data.image_size=60 must be a multiple of 8 for model.arch=UNet3D-B"),
+])
+def test_the_preset_check_fails_on_a_planted_fault(monkeypatch, base, field, value, needle):
+    """A preset that passes the range checks but names an unknown arch, or a clip size its model cannot split."""
+    import config
+
+    def planted():
+        cfg = getattr(config, base)()
+        section, name = field.split(".")
+        setattr(getattr(cfg, section), name, value)
+        return cfg
+
+    monkeypatch.setitem(config.PRESETS, "planted", planted)
+    assert build_config("planted")  # the range checks alone let it through: why the test runs load_config
+    with pytest.raises(ConfigError, match="^preset 'planted': " + re.escape(needle)):
+        check_every_preset()
 
 
 def test_overrides_parse_by_declared_type():

@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing import event_accumulator as ea_mod
 
 from conftest import ROOT, in_process, run, sets, tiny_overrides
-from methods.trainer import row_noise
+from methods.training.trainer import row_noise
 from utils.distributed import World
 
 # Float tolerance of 2 processes against 1: the same rows, timesteps and noise, so the only difference is the order

@@ -11,7 +11,7 @@ from PIL import Image
 
 import main
 from conftest import in_process, run, sets, tiny_overrides
-from methods.configure import load_config
+from methods.run_config import load_config
 from methods.evaluation.captions import heldout_set, pick_captions
 from methods.evaluation.metrics import frechet_distance, psnr, retrieval_ranks, score_clips, seen_unseen, ssim, temporal_change
 from methods.evaluation.model import segment_shuffle

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from conftest import in_process, run
 from config import Config
-from methods.exported import CONFIG_FILE, WEIGHTS_FILE
-from methods.sampling import load_ema_model
+from methods.sharing.export_format import CONFIG_FILE, WEIGHTS_FILE
+from methods.pipeline import SignPipeline
 from utils.gif import read_gif
 
 
@@ -34,7 +34,7 @@ def test_export_writes_weights_config_card_and_samples(trained):
     out = tmp / "exported"
     done = run("export", "--checkpoint", ckpt, "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "samples"]
+    assert sorted(os.listdir(out)) == [".text2sign.json", "README.md", "config.json", "model.safetensors", "samples"]
     assert sorted(os.listdir(out / "samples")) == ["hello.gif", "thank_you.gif"]  # the run's sample prompts
     state = torch.load(ckpt, weights_only=True)
     weights = load_file(out / WEIGHTS_FILE)
@@ -88,8 +88,8 @@ def test_reading_an_export_never_unpickles(trained, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
-    cfg, model, _, state = load_ema_model(str(out))
-    assert cfg.model.arch == "DiT-Test/4" and state["step"] == 4 and not model.training
+    pipe = SignPipeline.from_pretrained(str(out), text_encoder=False)
+    assert pipe.cfg.model.arch == "DiT-Test/4" and pipe.state["step"] == 4 and not pipe.model.training
 
 
 def test_export_with_an_evaluation_report_puts_its_numbers_in_the_card(trained):
@@ -135,5 +135,5 @@ def test_export_refuses_a_folder_holding_other_files(trained):
     (tmp / "busy").mkdir()
     (tmp / "busy" / "notes.txt").write_text("mine")
     done = in_process("export", "--checkpoint", ckpt, "--out", str(tmp / "busy"))
-    assert done.returncode == 2 and "is not empty and holds no export" in done.stderr
+    assert done.returncode == 2 and "is not empty and was not made by `python main.py export`" in done.stderr
     assert os.listdir(tmp / "busy") == ["notes.txt"]

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from models import build_model
+from tolerance import assert_close_scaled
 from models.video_dit import DiT_models
 from models.blocks import DiTBlock
 
@@ -47,7 +48,7 @@ def test_zero_init_added_attention_equals_framewise_image_dit():
         out = model(x, t, tokens, mask, pooled)
         for f in range(x.shape[2]):
             ref = image_dit_reference(model, x[:, :, f], t, pooled)
-            torch.testing.assert_close(out[:, :, f], ref, rtol=1e-4, atol=1e-4)
+            assert_close_scaled(out[:, :, f], ref, terms=128, label=f"frame {f}")  # 128: the MLP's inner width
     assert out.abs().mean() > 0.1  # the comparison is not between two zero tensors
 
 
@@ -82,13 +83,14 @@ def test_text_tokens_condition_through_cross_attention():
         assert torch.equal(model(x, t, tokens, mask, pooled), model(x, t, other, mask, pooled))
         for block in model.blocks:
             block.cross_attn.proj.weight.normal_(0, 0.3)
-        delta = (model(x, t, tokens, mask, pooled) - model(x, t, other, mask, pooled)).abs().max()
+        base = model(x, t, tokens, mask, pooled)
+        delta = (base - model(x, t, other, mask, pooled)).abs().max()
         # A masked-out (padding) token must not matter.
         padded = tokens.clone()
         padded[0, -1] = 100.0
-        pad_delta = (model(x, t, tokens, mask, pooled) - model(x, t, padded, mask, pooled))[0].abs().max()
+        with_pad = model(x, t, padded, mask, pooled)
     assert delta > 1e-3
-    assert pad_delta < 1e-5
+    assert_close_scaled(with_pad[0], base[0], terms=128, label="padding token")
 
 
 def test_pooled_text_conditions_adaln():
@@ -108,7 +110,7 @@ def test_caption_dropout_uses_null_embedding():
     with torch.no_grad():
         a = model(x, t, tokens, mask, pooled, drop=drop)
         b = model(x, t, tokens * 3, mask, pooled * 3, drop=drop)
-    torch.testing.assert_close(a[0], b[0])  # dropped caption: independent of the text
+    assert_close_scaled(a[0], b[0], terms=128)  # dropped caption: independent of the text
     assert (a[1] - b[1]).abs().max() > 1e-3
 
 
@@ -125,11 +127,18 @@ def test_frame_chunking_and_checkpointing_do_not_change_results(chunk):
     model.train()
     ref = ref_model(x, t, tokens, mask, pooled)
     out = model(x, t, tokens, mask, pooled)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert_close_scaled(out, ref, terms=128, label="output")  # 128: the MLP's inner width
     ref.square().mean().backward()
     out.square().mean().backward()
     for (name, p), q in zip(ref_model.named_parameters(), model.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        if p.grad is None:  # a parameter the forward pass does not use (e.g. unused option weights)
+            assert q.grad is None, name
+            continue
+        # a weight's gradient sums over every token of the batch: B x T x (16/4)^2 = 160 terms, so 8 x sqrt(160)
+        # = 101 x eps * max|grad| is allowed. Worst measured (2-core x86 CPU; OMP_NUM_THREADS 1 and 2, and with
+        # denormals flushed): 3.8e-6 on t_embedder.mlp.0.weight (max 18.6) = 1.7 x eps * max, and 3.3 x on
+        # blocks.1.cross_attn.q.weight; the output was bit-equal. The old atol 1e-6 failed at 1.9e-6 on another CPU.
+        assert_close_scaled(q.grad, p.grad, terms=160, label=name)
 
 
 def test_presets_have_valid_shapes():

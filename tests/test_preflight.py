@@ -4,12 +4,12 @@ import shutil
 import pytest
 import torch
 
-import methods.trainer
+import methods.training.trainer
 import pre_training_checklist as checklist
 import verify_training_ready as verify
 from conftest import tiny_overrides, tinyfusion_state_dict
 from models import build_model
-from preflight import FAIL, PASS, Checks
+from methods.training.preflight import FAIL, PASS, Checks
 
 
 def cli_args(tmp_path, data_dir, encoder, **extra):
@@ -75,8 +75,8 @@ def frozen_backbone(model):
                        "text tokens change the prediction"}),  # frozen cross-attention stays zero
 ])
 def test_verify_fails_on_planted_faults(tmp_path, synth_dir, tiny_encoder, capsys, monkeypatch, plant, failing):
-    build = methods.trainer.build_video_model
-    monkeypatch.setattr(methods.trainer, "build_video_model", lambda cfg, dim: plant(build(cfg, dim)))
+    build = methods.training.trainer.build_video_model
+    monkeypatch.setattr(methods.training.trainer, "build_video_model", lambda cfg, dim: plant(build(cfg, dim)))
     assert verify.main(cli_args(tmp_path, synth_dir, tiny_encoder)) == 1
     out = capsys.readouterr().out
     assert {name for name, status in lines(out).items() if status == FAIL} == failing

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 import main
-from methods.prepare_data import prepare_data, reason_kind
+from data.manifests import ManifestError
+from methods.data_prep.prepare_data import prepare_data, reason_kind
 from utils.video import read_video, write_video
 
 
@@ -136,7 +137,7 @@ def test_generic_csv_with_named_columns_and_a_folder(tmp_path):
     assert (s["converted"], s["skipped"]) == (1, 1) and captions(out) == {"a": "Yes!"}
     frames, _ = read_video(str(out / "a.mp4"))
     assert frames.shape == (3, 14, 100, 3)  # 40x300 shrunk to 13x100, padded to an even height
-    with pytest.raises(Exception, match="has no column 'video'"):
+    with pytest.raises(ManifestError, match="has no column 'video'"):
         prepare_data("csv", str(manifest), str(videos), str(out), quiet=True)
 
     (videos / "c.txt").write_text("see you")
@@ -154,11 +155,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     for args, needle in ((["--from", "how2sign", "--videos", str(tmp_path / "v"), "--out", str(tmp_path / "o")],
                           "--from how2sign needs --manifest PATH"),
                          (["--from", "folder", "--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
-                          "is not a folder"),
+                          "does not exist"),
                          (["--from", "csv", "--manifest", str(tmp_path / "none.csv"), "--videos", str(tmp_path / "v"),
-                           "--out", str(tmp_path / "o")], "cannot read manifest"),
+                           "--out", str(tmp_path / "o")], f"--manifest {tmp_path / 'none.csv'} does not exist"),
                          (["--from", "folder", "--videos", str(tmp_path / "v"), "--out", str(tmp_path / "o"),
-                           "--workers", "0"], "--workers must be >= 1")):
+                           "--workers", "0"], "--workers must be >= 1, got 0")):
         assert main.main(["prepare-data", *args]) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from methods.checkpoint import load_checkpoint
-from methods.trainer import Trainer
+from methods.training.trainer import Trainer
+from utils.errors import UserError
 
 
 def train_through(cfg, stop_at=None, resume=None):
@@ -61,5 +62,6 @@ def test_a_trainer_continues_its_own_run(tiny_config):
     assert trainer.step == 2 and len(first) == 2
     second = trainer.train(stop_at=4)
     assert trainer.step == 4 and len(second) == 4 and second[:2] == first  # the losses of the whole run
-    with pytest.raises(Exception, match="already holds a run"):
+    with pytest.raises(UserError, match=r"already holds a run \(latest.pt\): continue it with "
+                                        r"`python main.py train --resume`"):
         Trainer(tiny_config(**{"train.max_steps": 4}), quiet=True).train()

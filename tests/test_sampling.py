@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from config import DiffusionConfig
+from config import Config, DiffusionConfig
 from diffusion import GaussianDiffusion
 from diffusion.gaussian_diffusion import draw_noise
 from methods.evaluation.evaluate import generate_clips
-from methods.sampling import SamplingSettings, generate, sample_seed, warn_unknown_words
+from methods.pipeline import SignPipeline
+from methods.sampling import SamplingSettings, generate, sample_seed
 from models.text_encoder import TextEmbeddings
 from utils.errors import UserError
 from utils.pixels import to_uint8
@@ -118,21 +119,46 @@ def test_generate_starts_from_noise_with_the_settings_frame_correlation():
     assert np.array_equal(clips[0.9], to_uint8(shared)) and not np.array_equal(clips[0.9], clips[0.0])
 
 
+def stub_pipeline(state: dict | None = None) -> SignPipeline:
+    """StubModel behind a SignPipeline drawing 2 frames of 4x4."""
+    cfg = Config()
+    cfg.data.num_frames, cfg.data.image_size = 2, 4
+    return SignPipeline(cfg, StubModel(), GaussianDiffusion("cosine", 10, "eps"), state=state)
+
+
 def test_a_captions_clips_do_not_depend_on_the_other_captions():
-    model, diffusion = StubModel(), GaussianDiffusion("cosine", 10, "eps")
+    pipe = stub_pipeline()
     settings = SamplingSettings(steps=3, guidance=2.0, sampler="ddim", eta=0.0)
     full = stub_text([0.1, 0.2, 0.3])
-    many = generate_clips(model, diffusion, full, ["a", "b", "c"], settings, 2, 7, (2, 4), "cpu", 4, False)
-    alone = generate_clips(model, diffusion, full.select(torch.tensor([2])), ["c"], settings, 2, 7, (2, 4), "cpu", 1,
-                           False)
+    many = generate_clips(pipe, full, ["a", "b", "c"], settings, 2, 7, 4, False)
+    alone = generate_clips(pipe, full.select(torch.tensor([2])), ["c"], settings, 2, 7, 1, False)
     assert many.shape == (2, 3, 2, 4, 4, 3)
     assert np.array_equal(many[:, 2], alone[:, 0])
     assert not np.array_equal(many[0, 2], many[1, 2])  # the two samples of one caption differ
 
 
+def test_the_pipeline_samples_in_batches_of_at_most_batch_size_and_the_clips_do_not_change(monkeypatch):
+    import methods.pipeline
+
+    pipe, text = stub_pipeline(), stub_text([0.1, -0.2, 0.3, 0.4, -0.5])
+    settings = SamplingSettings(steps=3, guidance=2.0, sampler="ddim", eta=0.0)
+    captions, seeds = ["a", "b", "c", "d", "e"], [11, 12, 13, 14, 15]
+    whole = pipe(captions, seeds=seeds, settings=settings, text=text)
+    sizes = []
+
+    def counting(model, diffusion, text, *args, **kwargs):
+        sizes.append(text.pooled.shape[0])
+        return generate(model, diffusion, text, *args, **kwargs)
+
+    monkeypatch.setattr(methods.pipeline, "generate", counting)
+    batched = pipe(captions, seeds=seeds, settings=settings, text=text, batch_size=2)
+    assert sizes == [2, 2, 1] and whole.shape == (5, 2, 4, 4, 3)
+    assert np.array_equal(batched, whole)
+
+
 def test_unknown_words_are_named_once(capsys):
-    state = {"caption_words": ["hello", "thank", "you"]}
-    assert warn_unknown_words(["Hello zebra!", "thank you", "zebra dance"], state) == ["zebra", "dance"]
+    pipe = stub_pipeline({"caption_words": ["hello", "thank", "you"]})
+    assert pipe.warn_unknown_words(["Hello zebra!", "thank you", "zebra dance"]) == ["zebra", "dance"]
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["warning: never in the training captions, so the model has not learned them: 'zebra', 'dance'"]
-    assert warn_unknown_words(["thank you, hello"], state) == [] and capsys.readouterr().err == ""
+    assert pipe.warn_unknown_words(["thank you, hello"]) == [] and capsys.readouterr().err == ""

@@ -1,17 +1,32 @@
 """Tests for the procedural synthetic sign-language dataset (utils/synth.py)."""
 import hashlib
+import inspect
 import itertools
 import os
+import subprocess
+import sys
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
 from data import synth
-from data.synth import VOCAB, describe_vocab, holdout_combinations, render_clip, sample_captions, write_dataset
+from data.synth import VOCAB, describe_vocab, holdout_combinations, render_clip, draw_captions, write_dataset
 
 REQUIRED = ("hello thank you yes no please help more stop go eat drink home friend love want good bad "
             "name what where sorry work learn").split()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def in_fresh_process(code: str) -> str:
+    """stdout of code run by a new interpreter with another string-hash seed: what one process's state (the global
+    RNGs, Python's hash() of strings) decides cannot make this agree with the test's own process by chance."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONHASHSEED": "12345"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +69,12 @@ def test_unknown_word_is_named():
 
 
 def test_render_deterministic_and_variation_is_mild():
+    np.random.seed(99)  # a global RNG state the other process does not share
     a = render_clip(["thank", "you"], variation_seed=3)
-    assert np.array_equal(a, render_clip(["thank", "you"], variation_seed=3))
+    theirs = in_fresh_process("import hashlib; from data.synth import render_clip; "
+                              "clip = render_clip(['thank', 'you'], variation_seed=3); "
+                              "print(hashlib.sha256(clip.tobytes()).hexdigest())")
+    assert hashlib.sha256(a.tobytes()).hexdigest() == theirs
     b = render_clip(["thank", "you"], variation_seed=4)
     diff = np.abs(a.astype(np.int16) - b)
     assert 0 < diff.max() <= 21  # tints only: the layout and the motion never change
@@ -79,7 +98,7 @@ def test_word_order_matters():
 
 
 def test_consecutive_frames_always_differ():
-    captions = [(w,) for w in VOCAB] + sample_captions(150, seed=5)[len(VOCAB):]
+    captions = [(w,) for w in VOCAB] + draw_captions(150, seed=5)[len(VOCAB):]
     for num_frames in (24, 16):
         for i, caption in enumerate(captions):
             clip = render_clip(caption, num_frames=num_frames, variation_seed=i).astype(np.int16)
@@ -96,14 +115,21 @@ def test_hands_visible_after_downsampling(single_clips):
 
 
 def test_sample_captions():
-    caps = sample_captions(200, seed=1)
-    assert caps == sample_captions(200, seed=1) and caps != sample_captions(200, seed=2)
+    caps = draw_captions(200, seed=1)
+    # pinned (printed once from this function): every word alone in VOCAB order, then seeded combinations; the
+    # sha256 of repr() covers all 200. Captions decide which clips a seed's dataset holds, on every machine.
+    assert caps[:3] == [("hello",), ("thank",), ("you",)]
+    assert caps[24:28] == [("work", "bad"), ("please", "yes", "more"), ("want", "please", "go"),
+                           ("what", "hello", "home")]
+    assert hashlib.sha256(repr(caps).encode()).hexdigest() == \
+        "ec7a6ba11e738ee5be12916b5b0a675e489e5558195a2229f591706ce7be5926"
+    assert caps != draw_captions(200, seed=2)
     assert len(caps) == 200 and all(len(set(c)) == len(c) and set(c) <= set(VOCAB) for c in caps)
     assert {len(c) for c in caps} == {1, 2, 3}
-    assert {w for c in sample_captions(len(VOCAB), seed=1) for w in c} == set(VOCAB)
-    assert max(len(c) for c in sample_captions(100, seed=1, max_words=2)) == 2
+    assert {w for c in draw_captions(len(VOCAB), seed=1) for w in c} == set(VOCAB)
+    assert max(len(c) for c in draw_captions(100, seed=1, max_words=2)) == 2
     exclude = [("hello", "yes"), ("go", "eat", "drink"), ("stop",)]
-    caps = sample_captions(400, seed=1, exclude=exclude)
+    caps = draw_captions(400, seed=1, exclude=exclude)
     joined = [" " + " ".join(c) + " " for c in caps]
     for seq in exclude:
         assert not any(" " + " ".join(seq) + " " in j for j in joined), seq
@@ -111,7 +137,11 @@ def test_sample_captions():
 
 def test_holdout_combinations():
     held = holdout_combinations(seed=0, num=10)
-    assert held == holdout_combinations(seed=0, num=10) and len(set(held)) == 10
+    # pinned (printed once from this function): the held-out set of a seed is the same on every machine and run
+    assert held == [("friend", "work", "what"), ("learn", "sorry"), ("please", "help"), ("hello", "learn"),
+                    ("drink", "friend", "hello"), ("yes", "please"), ("thank", "work"), ("good", "friend"),
+                    ("want", "hello"), ("good", "please", "work")]
+    assert len(set(held)) == 10
     assert all(2 <= len(h) <= 3 and len(set(h)) == len(h) for h in held)
 
 
@@ -147,7 +177,7 @@ def test_write_dataset(tmp_path):
     assert names == [f"synth_{i:05d}" for i in range(30)]
     _, held = read_set(out / "heldout", "heldout_")
     assert held == holdout_combinations(7, 4)
-    assert train == sample_captions(30, seed=7, exclude=held)
+    assert train == draw_captions(30, seed=7, exclude=held)
     train_text = [" " + " ".join(c) + " " for c in train]
     for h in held:
         assert not any(" " + " ".join(h) + " " in t for t in train_text), h
@@ -156,13 +186,17 @@ def test_write_dataset(tmp_path):
     frames = iio.imread(out / "synth_00003.gif", index=None)[..., :3].astype(np.int16)
     assert np.abs(frames - render_clip(train[3])).mean() < 12  # the render, up to tints and GIF palette
 
-    write_dataset(str(tmp_path / "b"), num=30, seed=7, holdout=4)
-    assert _tree_hash(out) == _tree_hash(tmp_path / "b")
+    # the same files from another process (another hash seed, fresh RNGs) into another folder: names and bytes
+    b = str(tmp_path / "b")
+    theirs = in_fresh_process(f"import hashlib, os\nfrom data.synth import write_dataset\n"
+                              f"{inspect.getsource(_tree_hash)}"
+                              f"write_dataset({b!r}, num=30, seed=7, holdout=4)\nprint(_tree_hash({b!r}))")
+    assert _tree_hash(out) == theirs
 
 
 def test_writing_on_several_processes_writes_the_same_files(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     write_dataset(str(one), num=14, seed=3, size=32, num_frames=8, holdout=2, workers=1)
     write_dataset(str(two), num=14, seed=3, size=32, num_frames=8, holdout=2, workers=2)  # 16 jobs: a pool of 2
-    assert sum(p.is_file() for p in two.rglob("*")) == 2 * 16 + 1  # 16 gif + txt pairs and README.txt
+    assert sum(p.is_file() for p in two.rglob("*")) == 2 * 16 + 2  # 16 gif + txt pairs, README.txt, .text2sign.json
     assert _tree_hash(one) == _tree_hash(two)  # names and bytes

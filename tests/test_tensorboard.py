@@ -24,9 +24,9 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea_mod
 
 from methods.checkpoint import load_checkpoint
-from methods.trainer import Trainer
+from methods.training.trainer import Trainer
 from utils.gif import safe_filename
-from methods.tb_logger import CATEGORIES
+from methods.training.tb_logger import CATEGORIES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "start_tensorboard.sh")

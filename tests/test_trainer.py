@@ -14,8 +14,8 @@ import torch
 from config import TrainConfig
 from conftest import ROOT, sets, tiny_overrides
 from methods.checkpoint import load_checkpoint
-from methods.stop import Abort, StopRequest
-from methods.trainer import Trainer, planned_steps
+from methods.training.stop import Abort, StopRequest
+from methods.training.trainer import Trainer, planned_steps
 from schedulers import lr_factor
 from utils.device import autocast_dtype
 from utils.errors import UserError

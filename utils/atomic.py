@@ -52,17 +52,6 @@ def _fsync_dir(folder: str) -> None:
             os.close(fd)
 
 
-def unwritable_reason(folder: str) -> str | None:
-    """None when `folder` can be created and a file written in it, else a one-line reason."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_check_"):
-            pass
-    except OSError as err:
-        return f"{type(err).__name__}: {err.strerror or err}"
-    return None
-
-
 def is_temp_file(name: str) -> bool:
     """A temp file of atomic_write (`.<name>.<random>.tmp`), or of the older `<name>.tmp<PID>` checkpoint writer."""
     return (name.startswith(".") and name.endswith(TEMP_SUFFIX)) or (

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 
 from utils.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+DEVICE_NAME = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")  # what train.device and --device may say
+
+
+def is_device_name(name: str) -> bool:
+    """A device name select_device understands (whether this machine has that device is its own question)."""
+    return DEVICE_NAME.fullmatch(name) is not None
 
 
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:

@@ -2,6 +2,9 @@
 
 Mirrors utils/gif.py: `read_video(path, choose)` returns the frames `choose(durations)` picks from the presentation
 timeline and every frame's display duration, so a variable-frame-rate clip is sampled by time exactly as a GIF is.
+A video suffix must hold a video: FFmpeg would also open a GIF or a still image, but such a file is refused by name
+(a GIF is decoded by utils/gif.py, under its own suffix), so every command agrees on it (data/folder.py states the
+rule).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import av
 import numpy as np
 
 from utils.atomic import atomic_write
+from utils.gif import PixelBudget, stack_frames
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v")  # matched case-insensitively
 
@@ -45,9 +49,22 @@ def _timeline(container, stream) -> tuple[list[int | None], list[float]]:
     return pts, gaps + [last]
 
 
+def _not_video(demuxer: str) -> str | None:
+    """Why content FFmpeg opened with this demuxer is not a video (a GIF, or one of FFmpeg's still-image formats)."""
+    kind = demuxer.removesuffix("_pipe")
+    if kind == "gif":
+        return "not a video file (GIF data; rename it to .gif)"
+    if demuxer.endswith("_pipe") or demuxer in ("image2", "apng"):
+        return f"not a video file ({'still' if kind == 'image2' else kind.upper()} image data)"
+    return None
+
+
 def _stream_timeline(path: str) -> tuple[list[int | None], list[float], int, int]:
     """(frame keys, durations in ms, width, height) of the first video stream, from its packets (nothing decoded)."""
     with av.open(path) as container:
+        why = _not_video(container.format.name)
+        if why:
+            raise VideoReadError(why)
         if not container.streams.video:
             raise VideoReadError("no video stream")
         stream = container.streams.video[0]
@@ -77,8 +94,9 @@ def read_video(path: str, choose=None, max_pixels: int = 0, start_s: float | Non
     left. max_side > 0 shrinks frames whose longer side exceeds it as they are decoded (area averaging), so a long
     high-resolution segment fits in memory. A first pass reads packet timestamps only; the second decodes and keeps
     the chosen frames, so memory grows with the frames kept. Width x height x frames over max_pixels (0 = no limit)
-    is refused before decoding. Rotation metadata (phone footage) is applied. Raises VideoReadError for anything
-    unreadable or refused.
+    is refused before decoding, and so is, before it is converted, the frame that brings the pixels decoded at their
+    real sizes over it (a stream may declare a smaller size than its frames have: PixelBudget). Rotation metadata
+    (phone footage) is applied. Raises VideoReadError for anything unreadable or refused.
     """
     try:
         keys, durations, w, h = _stream_timeline(path)
@@ -98,25 +116,25 @@ def read_video(path: str, choose=None, max_pixels: int = 0, start_s: float | Non
             lo += first
             if not keys:
                 raise VideoReadError(f"no frames in the frame range {first}..{last} (the video has {count} frames)")
-        if max_pixels and w * h * len(keys) > max_pixels:
-            raise VideoReadError(f"{len(keys)} frames of {w}x{h} = {w * h * len(keys) / 1e6:,.0f}M pixels, over the "
-                                 f"{max_pixels / 1e6:,.0f}M of data.max_clip_pixels")
+        budget = PixelBudget(max_pixels, VideoReadError, (w, h))
+        budget.check_declared(len(keys))
         wanted = list(range(len(keys))) if choose is None else list(choose(durations))
         scale = min(1.0, max_side / max(w, h)) if max_side else 1.0
         size = (max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1 else None
-        kept = _decode(path, keys, lo, sorted(set(wanted)), size)
+        kept = _decode(path, keys, lo, sorted(set(wanted)), budget, size)
     except VideoReadError:
         raise
     except Exception as e:  # FFmpeg errors come as many types (InvalidDataError, OSError, EOFError, ...)
         raise VideoReadError(_short(e, path)) from e
-    return np.stack([kept[i] for i in wanted]), durations
+    return stack_frames([kept[i] for i in wanted], VideoReadError), durations
 
 
-def _decode(path: str, keys: list[int | None], offset: int, wanted: list[int],
+def _decode(path: str, keys: list[int | None], offset: int, wanted: list[int], budget: PixelBudget,
             size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     """The frames at the sorted timeline positions `wanted` (0 = keys[0], the first frame after the trim). A frame the
     decoder drops is replaced by the last one decoded before it (what a player would still show), or at the very
-    start by the first one decoded."""
+    start by the first one decoded. Every decoded frame of the timeline is counted in `budget` at its own size before
+    it is converted or kept."""
     index = {k: n for n, k in enumerate(keys)} if keys[0] is not None else None
     out, p, prev = {}, 0, None
     with av.open(path) as container:
@@ -133,6 +151,7 @@ def _decode(path: str, keys: list[int | None], offset: int, wanted: list[int],
                 i = k - offset
             if i < 0:
                 continue
+            budget.spend(i, frame.width, frame.height)
             if wanted[p] <= i:
                 rgb = _rgb(frame, size)
                 while p < len(wanted) and wanted[p] <= i:

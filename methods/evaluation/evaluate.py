@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dataset import SignDataset
 from methods.evaluation.captions import heldout_set, pick_captions, training_captions
 from methods.evaluation.metrics import score_clips, seen_unseen
 from methods.evaluation.store import EVALUATOR_FILE, check_preprocessing, load_evaluator
-from methods.sampling import SamplingSettings, generate, load_ema_model, sample_seed, warn_unknown_words
-from methods.tb_images import clip_grid, upscale
+from methods.pipeline import SignPipeline
+from methods.sampling import sample_seed
 from models.text_encoder import embed_captions
 from utils.atomic import atomic_write
 from utils.device import select_device
 from utils.errors import UserError
+from utils.images import clip_grid, upscale
 from utils.gif import safe_filename, write_gif
 
 SPLITS = ("val", "train")
@@ -49,15 +48,15 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
     if num_samples < 1:
         raise UserError(f"--num_samples must be >= 1, got {num_samples}")
     dev = select_device(device)
-    cfg, model, diffusion, state = load_ema_model(checkpoint, dev)
-    settings = SamplingSettings.resolve(cfg.diffusion, **(sampling or {}))
+    pipe = SignPipeline.from_pretrained(checkpoint, dev, text_encoder=False)  # captions come from the cache
+    cfg, state = pipe.cfg, pipe.state
+    settings = pipe.settings(**(sampling or {}))
     if data_dir:
         cfg.data.data_dir = data_dir
     ev_path = evaluator or os.path.join(checkpoint if os.path.isdir(checkpoint) else
                                         os.path.dirname(os.path.abspath(checkpoint)), EVALUATOR_FILE)
     ev, meta = load_evaluator(ev_path)
     check_preprocessing(meta, cfg.data, ev_path, checkpoint)
-    T, S = cfg.data.num_frames, cfg.data.image_size
     groups = {split: SignDataset(cfg.data, split, quiet=True), "heldout": heldout_set(cfg.data)}
     picks = {name: pick_captions(ds, num_captions, seed) for name, ds in groups.items() if ds is not None}
     picks = {name: p for name, p in picks.items() if len(p[0]) >= 2}
@@ -65,10 +64,10 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
         raise UserError(f"the {split} split of {cfg.data.data_dir} has fewer than 2 distinct captions: "
                         f"use --split train or a larger data set")
     captions = [c for names, _ in picks.values() for c in names]
-    warn_unknown_words(captions, state)
+    pipe.warn_unknown_words(captions)
     text = embed_captions(cfg.text.encoder, cfg.text.max_length, captions, cfg.data.cache_dir)
-    generated = generate_clips(model, diffusion, text, captions, settings, num_samples, seed, (T, S), dev,
-                               batch_size, progress)  # (N, all captions, T, H, W, 3)
+    generated = generate_clips(pipe, text, captions, settings, num_samples, seed, batch_size,
+                               progress)  # (N, all captions, T, H, W, 3)
     ev_text = ev.encode_text(embed_captions(meta["text_encoder"], meta["max_length"], captions, cfg.data.cache_dir))
     step = int(state.get("step", 0))
     out = out or os.path.join(cfg.train.sample_dir, cfg.train.exp_name, f"eval_step{step:07d}_{split}.json")
@@ -83,21 +82,15 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
     return report
 
 
-def generate_clips(model, diffusion, text, captions: list[str], settings: SamplingSettings, num_samples: int,
-                   seed: int, frames_size: tuple[int, int], device, batch_size: int, progress: bool) -> np.ndarray:
+def generate_clips(pipe: SignPipeline, text, captions: list[str], settings, num_samples: int, seed: int,
+                   batch_size: int, progress: bool) -> np.ndarray:
     """num_samples clips of every caption, batched across captions: uint8 (N, K, T, H, W, 3). Sample j of caption c
     draws its noise from sample_seed(seed, c, j), so no clip depends on batch_size or on the other captions."""
     jobs = [(j, i) for j in range(num_samples) for i in range(len(captions))]
-    clips = []
-    with tqdm(total=len(jobs), desc="evaluate", unit="clip", disable=not progress, dynamic_ncols=True,
-              file=sys.stderr) as bar:
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start + batch_size]
-            seeds = [sample_seed(seed, captions[i], j) for j, i in batch]
-            clips.extend(generate(model, diffusion, text.select(torch.tensor([i for _, i in batch])), settings,
-                                  seeds, num_frames=frames_size[0], image_size=frames_size[1], device=device))
-            bar.update(len(batch))
-    return np.stack(clips).reshape(num_samples, len(captions), *clips[0].shape)
+    rows = torch.tensor([i for _, i in jobs])
+    clips = pipe([captions[i] for _, i in jobs], seeds=[sample_seed(seed, captions[i], j) for j, i in jobs],
+                 settings=settings, text=text.select(rows), batch_size=batch_size, progress=progress)
+    return clips.reshape(num_samples, len(captions), *clips.shape[1:])
 
 
 def score_groups(ev, ev_text: torch.Tensor, groups: dict, picks: dict, generated: np.ndarray, seen: set[str],

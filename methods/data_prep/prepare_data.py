@@ -6,7 +6,9 @@ It writes a folder rather than the decoded-clip cache: the folder does not depen
 size, resize mode), so one preparation serves every preset and experiment, and a user can open it, look at the clips,
 delete bad ones or fix a caption; the cache is then built from it by `train` as for any folder.
 Resumable: a clip whose .mp4 and .txt both exist is not redone (the .txt is written after the .mp4, both atomically,
-so a present .txt means a complete clip). One bad video is a named skip, never the end of the batch.
+so a present .txt means a complete clip). One bad video or manifest row is a named skip, never the end of the batch.
+It writes only into a folder that is new, empty or marked as an earlier prepare-data run's (utils.folders), never into
+--videos or around it: same-named files are replaced there, and --normalize-captions would rewrite the sources.
 """
 from __future__ import annotations
 
@@ -15,21 +17,28 @@ import multiprocessing
 import os
 import random
 import re
+import shlex
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data.folder import normalize_caption, read_caption
-from data.manifests import Job, read_manifest
+from data.folder import inside, normalize_caption, read_caption, shown
+from data.manifests import Job, check_sources, read_manifest
 from dataset import load_clip
 from utils.atomic import atomic_write
 from utils.contact_sheet import contact_sheet, write_png
+from utils.errors import UserError
+from utils.folders import claim_output_folder
 from utils.gif import read_gif
 from utils.video import read_video, write_video
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 SHEET = "contact_sheet.png"
+
+
+class Refused(Exception):
+    """A source file that is not read; the message is the whole skip reason."""
 
 
 def read_frames(job: Job, max_side: int) -> tuple[np.ndarray, float]:
@@ -39,6 +48,12 @@ def read_frames(job: Job, max_side: int) -> tuple[np.ndarray, float]:
         names = names[job.first_frame or 0:None if job.last_frame is None else job.last_frame + 1]
         if not names:
             raise ValueError("no frame images")
+        for n in names:
+            path = os.path.join(job.source, n)
+            if not inside(path, job.source, strict=True):
+                raise Refused(f"frame image {shown(n)} leads outside its frame folder")
+            if not os.path.isfile(path):  # a pipe would wait for a writer forever
+                raise Refused(f"frame image {shown(n)} is not a regular file")
         frames = np.stack([np.asarray(Image.open(os.path.join(job.source, n)).convert("RGB")) for n in names])
         return shrink(crop(frames, job.bbox), max_side), job.fps or 25.0
     if job.source.lower().endswith(".gif"):
@@ -89,8 +104,10 @@ def prepare_one(args: tuple[Job, str, int, bool]) -> tuple[str, str, str | None]
         write_video(mp4, frames, fps=fps)
         with atomic_write(txt, "w") as f:
             f.write(caption + "\n")
+    except Refused as e:
+        return job.name, "skipped", str(e)
     except Exception as e:  # a bad input of any kind is this clip's skip, not the run's end
-        msg = str(e).splitlines()[0] if str(e) else ""
+        msg = shown(str(e).splitlines()[0]) if str(e) else ""
         return job.name, "skipped", f"{type(e).__name__}: {msg}"[:120]
     return job.name, "converted", None
 
@@ -98,11 +115,23 @@ def prepare_one(args: tuple[Job, str, int, bool]) -> tuple[str, str, str | None]
 def prepare_data(fmt: str, manifest: str | None, videos: str, out_dir: str, workers: int = 1, max_side: int = 256,
                  normalize: bool = False, options: dict | None = None, sheet_clips: int = 16,
                  quiet: bool = False) -> dict:
-    """Run the preparation; returns the summary (counts, skips by reason, sheet path)."""
-    jobs, skipped = read_manifest(fmt, manifest, videos, options or {})
-    os.makedirs(out_dir, exist_ok=True)
+    """Run the preparation; returns the summary (counts, skips by reason, sheet path). Every option, and the output
+    folder, is checked before the manifest is read: a mistake is one line at once, not after the work."""
+    options = options or {}
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if max_side < 8:
+        raise UserError(f"--max-size must be >= 8, got {max_side}")
+    check_sources(fmt, manifest, videos, options)
+    if inside(out_dir, videos) or inside(videos, out_dir):
+        raise UserError(f"--out {out_dir} and --videos {videos} overlap (one is or holds the other): write the "
+                        f"prepared clips to a separate folder, so no source file is replaced")
+    claim_output_folder(out_dir, "prepare-data", command_line(fmt, manifest, videos, out_dir, max_side, normalize,
+                                                               options))
+    jobs, skipped = read_manifest(fmt, manifest, videos, options)
     counts = collections.Counter()
     work = [(job, out_dir, max_side, normalize) for job in jobs]
+    workers = min(workers, len(work))  # a process per clip at most
     with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
         results = pool.imap_unordered(prepare_one, work, chunksize=1)
         for name, status, why in tqdm(results, total=len(work), desc="preparing clips", unit="clip",
@@ -128,6 +157,18 @@ def prepare_data(fmt: str, manifest: str | None, videos: str, out_dir: str, work
             summary["sheet"] = os.path.join(out_dir, SHEET)
             write_png(summary["sheet"], contact_sheet(clips, captions))
     return summary
+
+
+def command_line(fmt: str, manifest: str | None, videos: str, out_dir: str, max_side: int, normalize: bool,
+                 options: dict) -> str:
+    """The prepare-data command that makes this output (recorded in the folder's mark; --workers changes nothing)."""
+    args = ["--from", fmt] + (["--manifest", manifest] if manifest else []) + ["--videos", videos, "--out", out_dir,
+                                                                               "--max-size", str(max_side)]
+    args += ["--normalize-captions"] if normalize else []
+    for key, value in sorted(options.items()):
+        flag = "--" + key.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)] if value not in (None, False) else []
+    return "python main.py prepare-data " + shlex.join(args)
 
 
 def reason_kind(why: str) -> str:

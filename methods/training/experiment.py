@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from config import Config
-from utils.atomic import is_temp_file, unwritable_reason
+from models.registry import model_input_shape
+from utils.atomic import is_temp_file
 from utils.device import available_memory, format_bytes
 from utils.errors import UserError
 
@@ -59,7 +60,7 @@ def estimate_memory(cfg: Config, model) -> int:
     """Bytes for one training step: parameters, grads, AdamW, EMA (fp32) plus the activations a step keeps."""
     n_params = sum(p.numel() for p in model.parameters())
     text_dim = model.text_embedder.null_pooled.shape[0]
-    activations = saved_activation_values(model, cfg.train.batch_size, cfg.data.num_frames, cfg.data.image_size,
+    activations = saved_activation_values(model, cfg.train.batch_size, cfg.data.num_frames, model_input_shape(cfg)[2],
                                           cfg.text.max_length, text_dim)
     return n_params * BYTES_PER_PARAM_TRAINING + 4 * activations
 
@@ -72,14 +73,6 @@ def check_memory(cfg: Config, model, device) -> None:
         raise UserError(f"a training step needs ~{format_bytes(need)} (estimate) but {device} has {format_bytes(free)} "
                         f"free: try {hint}a smaller train.batch_size or data.num_frames (or "
                         f"train.memory_check=false to try anyway)")
-
-
-def check_output_dirs(places: dict[str, str]) -> None:
-    """places: config field -> folder. The first that cannot be created and written is a one-line UserError."""
-    for field, folder in places.items():
-        why = unwritable_reason(folder)
-        if why:
-            raise UserError(f"{field}: cannot write in {folder} ({why}); point it at a writable folder")
 
 
 def output_dirs(cfg: Config, exp_dir: str, sample_dir: str) -> dict[str, str]:

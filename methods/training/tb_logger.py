@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from config import TrainConfig
-from methods import train_stats as ts
-from methods.tb_images import clip_grid, frame_strip, png_bytes, scatter_plot, upscale
+from methods.training import train_stats as ts
+from utils.images import clip_grid, frame_strip, png_bytes, scatter_plot, upscale
 from utils.distributed import is_main_process, launcher_world
 from utils.gif import gif_bytes, safe_filename
 
@@ -245,13 +245,15 @@ class TBLogger:
                 self.image(f"{tag}/frames", step, png_bytes(strip), strip.shape)
                 self.writer.add_text(f"{tag}/caption", f"{prompt} (step {step}, {len(clip)} frames)", step)
 
-    def denoising(self, step: int, model: torch.nn.Module, x0: torch.Tensor, text, duration_ms: int = 100) -> None:
+    def denoising(self, step: int, model: torch.nn.Module, x0: torch.Tensor, text, duration_ms: int = 100,
+                  decode=None) -> None:
         """13_Noise_Visualization: one training clip noised to a few t; rows = t, columns = x_t | predicted x0 |
-        target x0. Uses the model in eval mode under no_grad and its own seeded generator."""
+        target x0 (a latent model's decoded by `decode`). Uses the model in eval mode under no_grad and its own
+        seeded generator."""
         if not self.enabled:
             return
         with self.timed():
-            p = ts.denoise_panels(model, self.diffusion, x0, text, self.seed)
+            p = ts.denoise_panels(model, self.diffusion, x0, text, self.seed, decode=decode)
             rows = [[upscale(p[key][i], 64) for key in ("x_t", "x0_pred", "x0")] for i in range(len(p["t"]))]
             grid = clip_grid(rows)
             self.image("13_Noise_Visualization/xt_pred_x0_target", step, gif_bytes(grid, duration_ms), grid.shape[1:])

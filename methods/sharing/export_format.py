@@ -8,17 +8,28 @@ import os
 import torch
 
 from config import ConfigError
-from methods.configure import config_from_checkpoint
+from methods.run_config import config_from_checkpoint
 from utils.atomic import atomic_write
 from utils.errors import UserError
+from utils.safe_json import read_json
 
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
+AUTOENCODER_DIR = "autoencoder"  # a latent model's own autoencoder folder, copied in; config.json names it relatively
 FORMAT = "text2sign-export"
 FORMAT_VERSION = 1
 
 
+MAX_CONFIG_BYTES = 16 << 20  # config.json holds a config and a vocabulary: kilobytes
+MAX_TEXT_DIM = 65_536  # text encoder widths are hundreds to a few thousand; beyond this the file is not ours
+
+
 def is_export(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
+    """A folder whose config.json names this format (an earlier export, even one from before folders were marked)."""
+    try:
+        meta = read_json(os.path.join(path, CONFIG_FILE), MAX_CONFIG_BYTES)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def write_export(out_dir: str, ema: dict[str, torch.Tensor], meta: dict) -> None:
@@ -48,9 +59,8 @@ def read_export(model_dir: str) -> dict:
         if not os.path.isfile(path):
             raise UserError(f"--model {model_dir}: {os.path.basename(path)} is missing (not an exported model)")
     try:
-        with open(cfg_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        meta = read_json(cfg_path, MAX_CONFIG_BYTES)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise UserError(f"{cfg_path}: not readable JSON ({str(err).splitlines()[0][:160]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{cfg_path} is not a Text2Sign export (format {FORMAT} version {FORMAT_VERSION})")
@@ -61,7 +71,14 @@ def read_export(model_dir: str) -> dict:
     try:
         config_from_checkpoint(meta)
         text_dim = int(meta["text_dim"])
-    except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as err:
+        if not 1 <= text_dim <= MAX_TEXT_DIM:
+            raise ValueError(f"text_dim {text_dim} is not in [1, {MAX_TEXT_DIM}]")
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError, ConfigError) as err:
         raise UserError(f"{cfg_path}: incomplete or invalid ({type(err).__name__}: {err})") from None
-    return {"ema": ema, "config": meta["config"], "text_dim": text_dim, "step": int(meta.get("step", 0)),
-            "caption_words": list(meta.get("caption_words", [])), "export": model_dir}
+    config = meta["config"]
+    ac = config.get("autoencoder") or {}
+    if ac.get("kind") == "own" and not os.path.isabs(ac.get("path", "")):  # the copy inside this folder
+        config = {**config, "autoencoder": {**ac, "path": os.path.join(model_dir, ac["path"])}}
+    return {"ema": ema, "config": config, "text_dim": text_dim, "step": int(meta.get("step", 0)),
+            "caption_words": list(meta.get("caption_words", [])), "export": model_dir,
+            **({"latent": meta["latent"]} if isinstance(meta.get("latent"), dict) else {})}

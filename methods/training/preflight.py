@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from config import Config, add_config_args
-from methods.configure import load_config
+from methods.run_config import load_config
 from utils.errors import UserError
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"

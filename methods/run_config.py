@@ -7,14 +7,15 @@ from config import Config, ConfigError, apply_overrides, build_config
 from dataset import RESIZE_MODES
 from diffusion import PREDICTIONS, SAMPLERS
 from models import MODELS, check_model_config
+from models.autoencoder import AUTOENCODER_KINDS
 from schedulers import BASE_TIMESTEPS, LR_SCHEDULES, SCHEDULES
-from utils.device import PRECISIONS
+from utils.device import PRECISIONS, is_device_name
 
 # field -> the owner's collection of allowed names (referenced, never retyped)
 CHOICES = {
     "data.resize_mode": RESIZE_MODES, "model.arch": MODELS, "diffusion.schedule": SCHEDULES,
     "diffusion.prediction": PREDICTIONS, "diffusion.sampler": SAMPLERS, "train.lr_schedule": LR_SCHEDULES,
-    "train.precision": PRECISIONS,
+    "train.precision": PRECISIONS, "autoencoder.kind": AUTOENCODER_KINDS,
 }
 
 
@@ -25,6 +26,8 @@ def check_choices(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{dotted}={value!r} must be one of {', '.join(allowed)}")
+    if not is_device_name(cfg.train.device):
+        raise ConfigError(f"train.device={cfg.train.device!r} must be auto, cpu, cuda, cuda:N or mps")
     check_model_config(cfg)
     if cfg.data.image_size % cfg.eval.evaluator_patch:
         raise ConfigError(f"eval.evaluator_patch={cfg.eval.evaluator_patch} must divide data.image_size="

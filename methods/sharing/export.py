@@ -2,29 +2,32 @@
 GIFs). Everything the checkpoint holds only for training (optimizer, RNG streams, run paths) stays behind."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import torch
 
 from methods.checkpoint import check_weights_fit, load_checkpoint, nonfinite_summary
-from methods.configure import config_from_checkpoint
-from methods.exported import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, is_export, write_export
-from methods.sampling import SamplingSettings, sample_captions, sample_seed, save_gifs
+from methods.run_config import config_from_checkpoint
+from methods.sharing.export_format import (AUTOENCODER_DIR, CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, is_export,
+                                           write_export)
+from methods.sampling import SamplingSettings
 from models.registry import build_video_model
 from utils.atomic import atomic_write
 from utils.errors import UserError
+from utils.folders import claim_output_folder
+from utils.safe_json import read_json
 
 SAMPLES_DIR = "samples"
 FOLDER = "path/to/this/folder"  # how the card names the export in its commands
+MAX_REPORT_BYTES = 64 << 20  # an `evaluate` report is a few hundred kB
 SAMPLE_SEED = 0  # the card's GIFs are sample 0 of (seed 0, caption): `sample --seed 0` redraws them
 
 
 def export(checkpoint: str, out_dir: str, evaluation: str | None = None, captions: list[str] | None = None,
-           samples: bool = True, device: str = "auto") -> dict:
-    """Write the export folder; returns what was written. A folder that holds anything but an earlier export is
-    refused, so an export never mixes with or replaces other files."""
+           samples: bool = True, device: str = "auto", command: str = "python main.py export") -> dict:
+    """Write the export folder; returns what was written. Only a new or empty folder, or one an earlier export made,
+    is written into (utils.folders.claim_output_folder), so an export never mixes with or replaces other files."""
     from utils.device import select_device
 
     state = load_checkpoint(checkpoint)
@@ -34,13 +37,13 @@ def export(checkpoint: str, out_dir: str, evaluation: str | None = None, caption
     cfg = config_from_checkpoint(state)
     with torch.device("meta"):  # shapes only: nothing allocated
         check_weights_fit(build_video_model(cfg, state["text_dim"]), state["ema"], checkpoint)
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not is_export(out_dir):
-        raise UserError(f"--out {out_dir} is not empty and holds no export: choose a new or empty folder")
     report = read_evaluation(evaluation) if evaluation else None
+    claim_output_folder(out_dir, "export", command, legacy=is_export)
+    carried = carry_autoencoder(cfg, out_dir)
     settings = SamplingSettings.resolve(cfg.diffusion)
     n_params = sum(v.numel() for v in state["ema"].values())
     meta = {
-        "config": portable(cfg).to_dict(), "text_dim": state["text_dim"], "step": state["step"],
+        "config": portable(cfg, carried).to_dict(), "text_dim": state["text_dim"], "step": state["step"],
         "caption_words": list(state.get("caption_words") or []),
         "architecture": cfg.model.arch, "parameters": n_params, "text_encoder": cfg.text.encoder,
         "num_frames": cfg.data.num_frames, "image_size": cfg.data.image_size,
@@ -49,48 +52,82 @@ def export(checkpoint: str, out_dir: str, evaluation: str | None = None, caption
         "training": {"clips": state.get("num_clips"), "captions": state.get("num_captions"),
                      "steps": state["step"], "data_folder": os.path.basename(os.path.normpath(cfg.data.data_dir))},
     }
+    if "latent" in state:  # a latent model: how its clips are decoded (see data/latents.py)
+        meta["latent"] = state["latent"]
+        meta["autoencoder"] = {"kind": cfg.autoencoder.kind, "path": carried or cfg.autoencoder.path}
     write_export(out_dir, state["ema"], meta)
     captions = captions or list(state.get("sample_prompts") or cfg.train.sample_prompts)
     gifs = write_samples(out_dir, captions, select_device(device)) if samples and captions else []
     with atomic_write(os.path.join(out_dir, CARD_FILE), "w") as f:
         f.write(model_card(meta, report, gifs))
-    return {"out_dir": out_dir, "files": [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, *gifs]}
+    return {"out_dir": out_dir, "files": [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, *([carried] if carried else []), *gifs]}
 
 
-def portable(cfg):
+def carry_autoencoder(cfg, out_dir: str) -> str | None:
+    """A latent model of the project's own autoencoder takes a copy of its folder (weights + config.json, no pickle)
+    along as <out_dir>/autoencoder, so the export samples anywhere; its relative name, or None (pixel models, and
+    kl / tiny ones, which name their diffusers autoencoder by hub name or path)."""
+    if cfg.autoencoder.kind != "own":
+        return None
+    from models.autoencoder import CONFIG_FILE as AE_CONFIG, WEIGHTS_FILE as AE_WEIGHTS
+
+    folder = os.path.join(out_dir, AUTOENCODER_DIR)
+    os.makedirs(folder, exist_ok=True)
+    for name in (AE_WEIGHTS, AE_CONFIG):
+        try:
+            with open(os.path.join(cfg.autoencoder.path, name), "rb") as src, \
+                    atomic_write(os.path.join(folder, name)) as dst:
+                shutil.copyfileobj(src, dst)
+        except OSError as err:
+            raise UserError(f"cannot copy the autoencoder {cfg.autoencoder.path}/{name} into the export "
+                            f"({type(err).__name__}: {err.strerror or err})") from None
+    return AUTOENCODER_DIR
+
+
+def portable(cfg, autoencoder_dir: str | None = None):
     """The config with the trainer's output and cache places back at their defaults: a user of the export writes
-    samples under their own working folder, not the trainer machine's paths."""
+    samples under their own working folder, not the trainer machine's paths; an own autoencoder is named by its copy
+    inside the export (relative: read_export resolves it against the folder)."""
     from config import Config, DataConfig, TrainConfig
 
     out = Config.from_dict(cfg.to_dict())
+    if autoencoder_dir:
+        out.autoencoder.path = autoencoder_dir
     for field in ("checkpoint_dir", "log_dir", "sample_dir"):
         setattr(out.train, field, getattr(TrainConfig(), field))
     out.data.cache_dir = DataConfig().cache_dir
     return out
 
 
+def card_autoencoder(meta: dict) -> list[str]:
+    """The model card's line on a latent model's autoencoder (none for a pixel model)."""
+    ae = meta.get("autoencoder")
+    if not ae:
+        return []
+    where = (f"included in `{ae['path']}/`" if ae["kind"] == "own"
+             else f"`{ae['path']}` (diffusers, not included: loaded by that name or path)")
+    return ["", f"A latent diffusion model: it draws frames as latents of a frozen {ae['kind']} frame autoencoder, "
+                f"{where}, decoded to pixels after sampling (normalisation in `{CONFIG_FILE}`: `latent`)."]
+
+
 def read_evaluation(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            report = json.load(f)
+        report = read_json(path, MAX_REPORT_BYTES)
         report["groups"].items()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"--evaluation {path}: not an `evaluate` report ({type(err).__name__})") from None
     return report
 
 
 def write_samples(out_dir: str, captions: list[str], device) -> list[str]:
     """One GIF per caption, sampled from the exported folder itself (what a user of the export gets)."""
-    from methods.sampling import load_ema_model
-    from models.text_encoder import FrozenTextEncoder
+    from methods.pipeline import SignPipeline
 
-    cfg, model, diffusion, _ = load_ema_model(out_dir, device)
-    encoder = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device)
-    clips = sample_captions(cfg, model, diffusion, encoder, captions, SamplingSettings.resolve(cfg.diffusion),
-                            [sample_seed(SAMPLE_SEED, c, 0) for c in captions], device)
+    pipe = SignPipeline.from_pretrained(out_dir, device)
+    clips = pipe(captions, seed=SAMPLE_SEED)
     folder = os.path.join(out_dir, SAMPLES_DIR)
     shutil.rmtree(folder, ignore_errors=True)  # an earlier export's samples
-    return [os.path.relpath(p, out_dir) for p in save_gifs(clips, captions, folder)]
+    return [os.path.relpath(p, out_dir) for p in pipe.save(clips, captions, folder)]
 
 
 def model_card(meta: dict, report: dict | None, gifs: list[str]) -> str:
@@ -104,7 +141,7 @@ def model_card(meta: dict, report: dict | None, gifs: list[str]) -> str:
         f"{meta['image_size']}x{meta['image_size']} pixels from a caption. {meta['parameters'] / 1e6:.2f}M "
         f"parameters ({meta['architecture']}), conditioned by the frozen `{meta['text_encoder']}` text encoder "
         f"(not included: it is loaded by name). Weights: `{WEIGHTS_FILE}` (EMA, fp32); everything needed to rebuild "
-        f"the model and its sampler: `{CONFIG_FILE}`.", "",
+        f"the model and its sampler: `{CONFIG_FILE}`.", *card_autoencoder(meta), "",
         "## Training", "",
         f"- {t['steps']} optimizer steps on the data folder `{t['data_folder']}`"
         + (f": {t['clips']} training clips with {t['captions']} distinct captions" if t["clips"] else "")

@@ -17,21 +17,25 @@ from tqdm import tqdm
 
 from config import Config, TrainConfig
 from data.folder import caption_words
+from data.latents import LatentDataset
 from dataset import SignDataset
 from diffusion import GaussianDiffusion
 from methods.checkpoint import load_weights, nonfinite_summary, rng_state, save_checkpoint, set_rng_state
-from methods.experiment import (ExperimentLock, check_memory, check_output_dirs, output_dirs, refuse_to_overwrite,
-                                remove_stale_temp_files)
-from methods.sampling import SamplingSettings, generate, sample_seed, save_gifs
-from methods.stop import STOP_SIGNALS, StopRequest
-from methods.tb_logger import TBLogger, new_run_dir
-from methods.train_stats import StepClock
+from methods.training.experiment import (ExperimentLock, check_memory, output_dirs, refuse_to_overwrite,
+                                         remove_stale_temp_files)
+from methods.pipeline import SignPipeline
+from methods.training.stop import STOP_SIGNALS, StopRequest
+from methods.training.tb_logger import TBLogger, new_run_dir
+from methods.training.train_stats import StepClock
 from models import build_video_model, load_initial_weights
+from models.autoencoder import load_autoencoder
+from models.registry import check_autoencoder
 from models.text_encoder import embed_captions
 from schedulers import lr_factor
 from utils.device import autocast, autocast_dtype, configure_matmul, select_device
 from utils.distributed import World, agree, all_gather, all_reduce_sum, init_world, launcher_world, main_first, wrap_ddp
 from utils.errors import UserError
+from utils.folders import check_output_dirs
 
 MAX_NONFINITE_SKIPS = 5  # skipped steps (non-finite loss or gradient) before the run stops
 
@@ -83,6 +87,10 @@ class Trainer:
         with main_first(self.world):  # rank 0 decodes the clips and embeds the captions into the caches first
             check_output_dirs({"data.cache_dir": cfg.data.cache_dir})
             self.data = SignDataset(cfg.data, "train", quiet=self.quiet)
+            self.autoencoder = load_autoencoder(cfg.autoencoder, self.device)  # None: pixel space
+            if self.autoencoder is not None:  # train on latents, each clip encoded once into the latent cache
+                check_autoencoder(cfg, self.autoencoder)
+                self.data = LatentDataset(self.data, self.autoencoder, self.device, quiet=self.quiet)
             # Prompts are embedded alongside the training captions, so sampling never loads the encoder again.
             prompts = list(tc.sample_prompts) or self.data.top_captions(3)  # empty: captions the data set holds
             self.captions = CaptionTable(list(self.data.caption_vocab), prompts)
@@ -316,16 +324,18 @@ class Trainer:
         """Sample the configured prompts with the EMA weights (rank 0); the training RNG streams are not touched."""
         if not self.world.is_main:
             return []
+        latent = self.autoencoder is not None
+        pipe = SignPipeline(self.cfg, self.ema, self.diffusion, device=self.device, autoencoder=self.autoencoder,
+                            latent_norm=self.data.norm if latent else None)
         videos, ids = self.data.get_batch(torch.arange(1), device=self.device)  # fixed clip for 13_Noise_Vis
-        self.logger.denoising(self.step, self.model, videos, self.text.select(ids))
+        self.logger.denoising(self.step, self.model, videos, self.text.select(ids), decode=pipe.decode if latent
+                              else None)
         prompts = self.captions.prompts
         if not prompts:
             return []
-        cfg = self.cfg
-        clips = generate(self.ema, self.diffusion, self.text.select(self.captions.prompt_rows().to(self.device)),
-                         SamplingSettings.resolve(cfg.diffusion), [sample_seed(cfg.train.seed, p, 0) for p in prompts],
-                         num_frames=cfg.data.num_frames, image_size=cfg.data.image_size, device=self.device)
-        paths = save_gifs(clips, prompts, self.sample_dir, suffix=f"_step{self.step:07d}")
+        text = self.text.select(self.captions.prompt_rows().to(self.device))
+        clips = pipe(prompts, seed=self.cfg.train.seed, text=text)
+        paths = pipe.save(clips, prompts, self.sample_dir, suffix=f"_step{self.step:07d}")
         self.logger.samples(self.step, clips, prompts)
         if not self.quiet:
             tqdm.write(f"step {self.step}: samples -> {', '.join(paths)}", file=sys.stderr)
@@ -345,6 +355,7 @@ class Trainer:
             "run_dir": self.run_dir, "caption_words": self.vocabulary(),
             "num_clips": len(self.data), "num_captions": len(self.captions.vocab),
             "sample_prompts": list(self.captions.prompts),  # `export` samples them for the model card
+            **({} if self.autoencoder is None else {"latent": self.data.state()}),  # how sampling decodes it
         }
 
     def vocabulary(self) -> list[str]:
@@ -355,6 +366,8 @@ class Trainer:
         if state["text_dim"] != self.text_dim:
             raise UserError(f"checkpoint was trained with a {state['text_dim']}-dim text encoder, "
                             f"text.encoder={self.cfg.text.encoder} gives {self.text_dim}")
+        if self.autoencoder is not None:
+            self.data.resume(state.get("latent"))
         load_weights(self.model, state["model"], "checkpoint")
         load_weights(self.ema, state["ema"], "checkpoint")
         try:

@@ -134,10 +134,12 @@ def noise_stats(diffusion, out: dict) -> dict[str, float]:
 
 
 @torch.no_grad()
-def denoise_panels(model, diffusion, x0: torch.Tensor, text, seed: int, n_t: int = 4) -> dict:
+def denoise_panels(model, diffusion, x0: torch.Tensor, text, seed: int, n_t: int = 4, decode=None) -> dict:
     """Noise one clip x0 (1, C, T, H, W) to a few t and let the model predict x0 back (eval mode, own RNG).
 
-    Returns {"t": [...], "loss": [...], "x_t", "x0_pred", "x0"}: the images as uint8 (n_t, T, H, W, 3).
+    Returns {"t": [...], "loss": [...], "x_t", "x0_pred", "x0"}: the images as uint8 (n_t, T, H, W, 3). decode: a
+    latent model's latents -> frames (SignPipeline.decode), so the panels show what the clips would look like; its
+    x0 estimate is not clamped to the pixels' [-1, 1].
     """
     T = diffusion.num_timesteps
     t = torch.linspace(max(1, T // 8), T - 1, n_t).round().long().unique().to(x0.device)
@@ -151,9 +153,10 @@ def denoise_panels(model, diffusion, x0: torch.Tensor, text, seed: int, n_t: int
                                         text_mask=text.mask[:1].expand(n, -1), pooled=text.pooled[:1].expand(n, -1))
     finally:
         model.train(was_training)
-    x0_pred = diffusion.predict_x0_eps(out["x_t"].float(), t, out["pred"].float(), clip_x0=True)[0]
-    return {"t": t.tolist(), "loss": out["loss_per_sample"].tolist(), "x_t": to_uint8(out["x_t"]),
-            "x0_pred": to_uint8(x0_pred), "x0": to_uint8(x0)}
+    x0_pred = diffusion.predict_x0_eps(out["x_t"].float(), t, out["pred"].float(), clip_x0=decode is None)[0]
+    image = (lambda x: to_uint8(x)) if decode is None else (lambda x: to_uint8(decode(x.float())))
+    return {"t": t.tolist(), "loss": out["loss_per_sample"].tolist(), "x_t": image(out["x_t"]),
+            "x0_pred": image(x0_pred), "x0": image(x0)}
 
 
 # ----- system -----

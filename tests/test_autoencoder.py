@@ -1,0 +1,144 @@
+"""Autoencoders for latent diffusion: the own frame autoencoder's shapes, `train-autoencoder` through the CLI (exact
+resume, the saved folder, refusing to overwrite), frozen diffusers AutoencoderKL / AutoencoderTiny from local folders,
+and the one-line errors."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from config import AutoencoderConfig, ConfigError
+from conftest import in_process, sets
+from methods.run_config import load_config
+from models.autoencoder import FrameAutoencoder, load_autoencoder
+from utils.errors import UserError
+
+
+@pytest.mark.parametrize("down", [4, 8])
+def test_encode_decode_shapes_and_hash(down):
+    torch.manual_seed(0)
+    model = FrameAutoencoder(down=down, latent_channels=3, width=16).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = model.encode(x)
+    assert z.shape == (2, 3, 32 // down, 32 // down) and (model.down, model.latent_channels) == (down, 3)
+    assert model.decode(z).shape == (2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x, generator=torch.Generator().manual_seed(0))
+    assert out["recon"].shape == x.shape and out["kl"].ndim == 0 and float(out["kl"]) >= 0
+    assert torch.equal(model.encode(x), out["mean"])  # encode is the posterior mean, no sampling
+    key = model.content_hash()
+    assert key == model.content_hash()
+    with torch.no_grad():
+        model.decoder.conv_out.bias[0] += 1e-6
+    assert model.content_hash() != key
+
+
+def ae_overrides(tmp_path, data_dir, steps=4, **extra):
+    values = {"data.data_dir": data_dir, "data.image_size": 16, "data.num_frames": 4, "data.val_fraction": 0.1,
+              "data.cache_dir": tmp_path.parent / "ae_cache", "train.exp_name": "ae",
+              "train.checkpoint_dir": tmp_path / "checkpoints", "train.log_dir": tmp_path / "logs",
+              "train.checkpoint_every": 2, "autoencoder.steps": steps, "autoencoder.batch_frames": 4,
+              "autoencoder.width": 16, **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_train_resume_exactly_and_load(tmp_path, synth_dir):
+    from methods.training.autoencoder import train_autoencoder
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    done = in_process("train-autoencoder", *sets(ae_overrides(whole, synth_dir)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = done.stdout.strip().splitlines()[-1]
+    assert folder == str(whole / "checkpoints" / "ae-autoencoder" / "model")
+    assert "PSNR" in done.stderr and "autoencoder.path=" in done.stderr
+    assert os.path.getsize(whole / "checkpoints" / "ae-autoencoder" / "reconstruction.png") > 0
+    assert any(n.startswith("events") for _, _, names in os.walk(whole / "logs" / "ae-autoencoder") for n in names)
+    state = torch.load(whole / "checkpoints" / "ae-autoencoder" / "latest.pt", weights_only=True)
+    assert state["step"] == 4
+
+    # the same run stopped at step 2, then continued by the CLI, ends with the same weights, bit for bit
+    split_sets = ae_overrides(split, synth_dir, **{"train.tensorboard": False})
+    stopped = train_autoencoder(load_config("demo", split_sets), quiet=True, stop_at=2)
+    assert stopped["stopped"] and stopped["step"] == 2
+    assert not os.path.exists(split / "checkpoints" / "ae-autoencoder" / "model")
+    resumed = in_process("train-autoencoder", "--resume", *sets(split_sets))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr and "at step 2" in resumed.stderr
+    a, b = load_file(os.path.join(folder, "model.safetensors")), load_file(resumed.stdout.strip().splitlines()[-1]
+                                                                             + "/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # the folder loads, frozen, with the final weights and the scale measured on the val latents
+    model = load_autoencoder(AutoencoderConfig(kind="own", path=folder))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    meta = json.load(open(os.path.join(folder, "config.json")))
+    assert model.scaling_factor == pytest.approx(1 / meta["latent_std"])
+    reference = FrameAutoencoder(4, 4, 16)
+    reference.load_state_dict(state["model"])
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), reference.encode(x))
+        assert torch.equal(model.decode(model.encode(x)), reference.decode(reference.encode(x)))
+    assert model.content_hash() == load_autoencoder(AutoencoderConfig(kind="own", path=folder)).content_hash()
+
+    again = in_process("train-autoencoder", *sets(ae_overrides(whole, synth_dir)))
+    assert again.returncode == 2 and "already holds an autoencoder run" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_diffusers_autoencoders_from_local_folders(tmp_path):
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, layers_per_block=1,
+                  sample_size=16, scaling_factor=0.25).save_pretrained(tmp_path / "kl")
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1), latent_channels=4,
+                    scaling_factor=1.0).save_pretrained(tmp_path / "tiny")
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    for kind, down, scale in (("kl", 2, 0.25), ("tiny", 4, 1.0)):
+        model = load_autoencoder(AutoencoderConfig(kind=kind, path=str(tmp_path / kind)))
+        assert (model.down, model.latent_channels, model.scaling_factor) == (down, 4, scale)
+        assert not any(p.requires_grad for p in model.parameters())
+        with torch.no_grad():
+            z = model.encode(x)
+            assert z.shape == (2, 4, 16 // down, 16 // down)
+            assert model.decode(z).shape == (2, 3, 16, 16)
+        again = load_autoencoder(AutoencoderConfig(kind=kind, path=str(tmp_path / kind)))
+        assert model.content_hash() == again.content_hash()
+    assert load_autoencoder(AutoencoderConfig(kind="none")) is None
+
+
+def test_missing_autoencoders_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as err:
+        load_autoencoder(AutoencoderConfig(kind="kl", path="no-such-org/no-such-vae"))
+    assert "\n" not in str(err.value) and "offline" in str(err.value) and "--local-dir" in str(err.value)
+    with pytest.raises(UserError) as err:
+        load_autoencoder(AutoencoderConfig(kind="own", path=str(tmp_path / "nothing")))
+    assert "\n" not in str(err.value) and "train-autoencoder" in str(err.value)
+    with pytest.raises(ConfigError, match="autoencoder.kind='vae' must be one of none, own, kl, tiny"):
+        load_config("demo", ["autoencoder.kind=vae"])
+    with pytest.raises(ConfigError, match="autoencoder.down=3 must be 4 or 8"):
+        load_config("demo", ["autoencoder.down=3"])
+
+
+def test_hub_names_are_fetched_when_online(monkeypatch):
+    import diffusers
+
+    from models.autoencoder import load_diffusers
+
+    calls = []
+
+    def from_pretrained(name, **kwargs):
+        calls.append((name, kwargs))
+        if kwargs.get("local_files_only"):
+            raise OSError("not in the local cache")
+        return "downloaded"
+
+    monkeypatch.setattr(diffusers.AutoencoderTiny, "from_pretrained", from_pretrained)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert load_diffusers("tiny", "org/vae") == "downloaded"
+    assert calls == [("org/vae", {"local_files_only": True}), ("org/vae", {})]

@@ -1,0 +1,123 @@
+"""Latent diffusion end to end on a tiny own autoencoder (no downloads): the latent cache (encoded once, reused),
+exact resume on latents, sampling decoded to GIFs through the CLI, an export carrying its autoencoder, and the latent
+grid's config checks."""
+import os
+
+import pytest
+import torch
+
+from config import ConfigError
+from conftest import in_process, sets, tiny_overrides
+from methods.checkpoint import load_checkpoint
+from methods.run_config import load_config
+from methods.training.trainer import Trainer
+from models.autoencoder import FrameAutoencoder
+
+
+@pytest.fixture(scope="module")
+def autoencoder_dir(tmp_path_factory):
+    """A random own autoencoder (down 4, 4 channels) saved as train-autoencoder saves one; its latent head is widened
+    from the near-zero init so the latents carry the frames."""
+    torch.manual_seed(0)
+    model = FrameAutoencoder(down=4, latent_channels=4, width=8)
+    torch.nn.init.normal_(model.encoder.conv_out.weight, std=0.05)
+    folder = tmp_path_factory.mktemp("autoencoder")
+    model.save(str(folder))
+    return str(folder)
+
+
+@pytest.fixture
+def encode_calls(monkeypatch):
+    """Counts FrameAutoencoder.encode calls (each is one chunk of frames)."""
+    calls = []
+    original = FrameAutoencoder.encode
+
+    def counted(self, frames):
+        calls.append(len(frames))
+        return original(self, frames)
+
+    monkeypatch.setattr(FrameAutoencoder, "encode", counted)
+    return calls
+
+
+def latent_overrides(tmp_path, synth_dir, encoder, autoencoder_dir, **extra):
+    return tiny_overrides(tmp_path, synth_dir, encoder, **{"autoencoder.kind": "own", "autoencoder.path": autoencoder_dir,
+                                                           "train.max_steps": 4, "train.checkpoint_every": 2, **extra})
+
+
+def gif_bytes(stdout: str) -> list[bytes]:
+    paths = [line for line in stdout.split() if line.endswith(".gif")]
+    assert paths, stdout
+    return [open(p, "rb").read() for p in paths]
+
+
+@pytest.mark.parametrize("arch", ["DiT-Test/4", "UNet3D-Test"])
+def test_latent_train_resume_sample_export(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, encode_calls, arch):
+    over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"model.arch": arch})
+    done = in_process("train", *sets(over))
+    assert done.returncode == 0, done.stderr[-2000:]
+    full = load_checkpoint(str(tmp_path / "checkpoints" / "tiny" / "final.pt"))
+    assert encode_calls == [4] * full["num_clips"]  # each training clip (4 frames: one chunk) encoded once
+    latent = full["latent"]
+    assert latent["scale"] > 0 and isinstance(latent["autoencoder"], str)
+    assert full["ema"]["final_layer.linear.weight" if arch.startswith("DiT") else "conv_out.weight"].shape[0] > 0
+    assert os.listdir(tmp_path / "samples" / "tiny")  # the end-of-run sample GIFs went through the decoder
+
+    # the same run stopped at step 2, continued by `train --resume`: the same weights, bit for bit, and no encoding
+    encode_calls.clear()
+    over2 = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir,
+                             **{"model.arch": arch, "train.exp_name": "tiny2"})
+    first = Trainer(load_config("demo", over2), quiet=True)
+    first.train(stop_at=2)
+    assert first.interrupted and first.step == 2
+    done = in_process("train", "--resume", *sets(over2))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert encode_calls == []  # the latent cache is reused by both starts
+    resumed = load_checkpoint(str(tmp_path / "checkpoints" / "tiny2" / "final.pt"))
+    assert resumed["latent"] == latent
+    for key in ("model", "ema"):
+        for name, tensor in full[key].items():
+            assert torch.equal(tensor, resumed[key][name]), f"{key}.{name}"
+
+    # sample from the checkpoint and from its export: the same GIF bytes; the export holds its autoencoder
+    checkpoint = str(tmp_path / "checkpoints" / "tiny" / "final.pt")
+    common = ["--text", "hello", "--num_samples", "1", "--seed", "3"]
+    by_checkpoint = in_process("sample", "--checkpoint", checkpoint, *common, "--output_dir", tmp_path / "a")
+    assert by_checkpoint.returncode == 0, by_checkpoint.stderr[-2000:]
+    export_dir = tmp_path / "export"
+    done = in_process("export", "--checkpoint", checkpoint, "--out", export_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(os.listdir(export_dir / "autoencoder")) == ["config.json", "model.safetensors"]
+    assert "autoencoder" in (export_dir / "README.md").read_text()
+    by_export = in_process("sample", "--model", export_dir, *common, "--output_dir", tmp_path / "b", cwd=tmp_path)
+    assert by_export.returncode == 0, by_export.stderr[-2000:]
+    assert gif_bytes(by_checkpoint.stdout) == gif_bytes(by_export.stdout)
+
+
+def test_decoded_samples_are_frames_of_the_autoencoder(tmp_path, synth_dir, tiny_encoder, autoencoder_dir):
+    """The pipeline's clips are the autoencoder's decoded latents at the data's size, not the model's latent grid."""
+    from methods.pipeline import SignPipeline
+
+    over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"train.max_steps": 2})
+    assert in_process("train", *sets(over)).returncode == 0
+    pipe = SignPipeline.from_pretrained(str(tmp_path / "checkpoints" / "tiny" / "final.pt"))
+    assert pipe.model.in_channels == 4 and pipe.autoencoder is not None
+    clips = pipe(["hello"], seed=0)
+    assert clips.shape == (1, 4, 16, 16, 3)
+    x = torch.zeros(1, 4, 4, 4, 4)  # the latents' mean everywhere: the decoder's image of the shift
+    expected = pipe.autoencoder.decode(torch.full((4, 4, 4, 4), pipe.latent_norm.shift))
+    assert torch.allclose(pipe.decode(x)[0].transpose(0, 1), expected, atol=1e-5)
+
+
+def test_latent_grid_must_fit_the_patch(tmp_path, synth_dir, tiny_encoder, autoencoder_dir):
+    over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"autoencoder.down": 8})
+    with pytest.raises(ConfigError, match="2x2 latent grid, which must be a multiple of 4"):
+        load_config("demo", over)
+    done = in_process("train", *sets(over))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_autoencoder_must_match_the_configured_latents(tmp_path, synth_dir, tiny_encoder, autoencoder_dir):
+    over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"autoencoder.latent_channels": 8})
+    done = in_process("train", *sets(over))
+    assert done.returncode == 2 and "set autoencoder.latent_channels=4" in done.stderr, done.stderr
