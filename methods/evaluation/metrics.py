@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from methods.evaluation.model import Evaluator, reorderings
+from utils.ssim import ssim as ssim_images
 
 
 def retrieval_ranks(video: torch.Tensor, text: torch.Tensor) -> np.ndarray:
@@ -39,26 +39,11 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return max(0.0, float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross))
 
 
-def ssim(x, y, data_range: float = 255.0, win: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, 'valid' borders as in the
-    reference MATLAB code) of image pairs (N, H, W, C), averaged over channels: (N,). Images smaller than the
-    window use a window of their size."""
+def ssim(x, y, data_range: float = 255.0) -> np.ndarray:
+    """Mean SSIM of image pairs (N, H, W, C), averaged over channels: (N,) (utils.ssim, in float64)."""
     x = torch.as_tensor(np.asarray(x), dtype=torch.float64).permute(0, 3, 1, 2)
     y = torch.as_tensor(np.asarray(y), dtype=torch.float64).permute(0, 3, 1, 2)
-    win = min(win, x.shape[-1], x.shape[-2])
-    g = torch.exp(-((torch.arange(win, dtype=torch.float64) - (win - 1) / 2) ** 2) / (2 * sigma**2))
-    g = g / g.sum()
-    c = x.shape[1]
-
-    def filt(img):  # separable Gaussian, per channel, valid
-        img = F.conv2d(img, g.view(1, 1, 1, win).expand(c, 1, 1, win), groups=c)
-        return F.conv2d(img, g.view(1, 1, win, 1).expand(c, 1, win, 1), groups=c)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = filt(x), filt(y)
-    vx, vy, cxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3)).numpy()
+    return ssim_images(x, y, data_range).numpy()
 
 
 def psnr(x, y, data_range: float = 255.0, cap: float = 100.0) -> float:

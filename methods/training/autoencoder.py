@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import Config
@@ -37,30 +36,13 @@ from utils.errors import UserError
 from utils.folders import check_output_dirs
 from utils.images import frame_strip, png_bytes, upscale
 from utils.pixels import to_uint8, to_unit_range
+from utils.ssim import ssim
 
 SUFFIX = "-autoencoder"  # checkpoints/<exp>-autoencoder, logs/<exp>-autoencoder
 MAX_WARMUP = 50  # linear warmup steps (a tenth of a shorter run)
 VAL_FRAMES = 256  # val frames scored at the end, evenly over the split (a quick 64 at each checkpoint)
 STRIP_FRAMES = 8  # frames on the real-vs-reconstructed strip
 STATE_KIND = "text2sign-autoencoder-run"
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float, win: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-image mean SSIM (N,) of (N, C, H, W) pairs, differentiable: the Gaussian-window SSIM of Wang et al. 2004
-    with 'valid' borders, as methods/evaluation/metrics.ssim computes it (which training code may not import)."""
-    win = min(win, x.shape[-1], x.shape[-2])
-    g = torch.exp(-((torch.arange(win, dtype=x.dtype, device=x.device) - (win - 1) / 2) ** 2) / (2 * sigma**2))
-    g, c = g / g.sum(), x.shape[1]
-
-    def filt(img):  # separable Gaussian per channel
-        img = F.conv2d(img, g.view(1, 1, 1, win).expand(c, 1, 1, win), groups=c)
-        return F.conv2d(img, g.view(1, 1, win, 1).expand(c, 1, win, 1), groups=c)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = filt(x), filt(y)
-    vx, vy, cxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3))
 
 
 def frames_of(data: SignDataset, index: torch.Tensor) -> torch.Tensor:
