@@ -25,6 +25,7 @@ REST_THRESHOLD = 0.3  # data.trim_still of the real-data presets: above a still 
 DEMO_DATA_DIR = "training_data/synthetic"  # the only folder the synthetic set is ever written into unasked
 MAX_FRAMES = 512  # clip length bound: 512 frames of 512x512 already take 400 MB per clip
 MAX_IMAGE_SIZE = 1024  # frame size bound: beyond any pixel-space video model, and its clips would not fit in memory
+AUTOENCODER_SUFFIX = "-autoencoder"  # train-autoencoder's folders: checkpoints/<exp>-autoencoder, logs/...
 MAX_INT = 2**31  # counts and sizes: far above any real value, below what torch's and numpy's int32 paths overflow at
 WIDE_INTS = {"train.seed": 2**63, "data.synth_seed": 2**63, "data.max_clip_pixels": 2**63}  # 64-bit by nature
 # field -> smallest allowed value (the ranges with an upper bound too are checked in Config.validate)
@@ -37,6 +38,7 @@ MINIMUMS = {
     "train.hist_every": 0, "train.checkpoint_every": 1, "eval.evaluator_dim": 4, "eval.evaluator_patch": 1,
     "eval.evaluator_depth": 1, "eval.evaluator_steps": 1, "eval.evaluator_batch_size": 2,
     "autoencoder.steps": 1, "autoencoder.batch_frames": 1, "autoencoder.kl_weight": 0, "autoencoder.ssim_weight": 0,
+    "autoencoder.crop": 0, "autoencoder.latent_noise": 0,
 }
 
 
@@ -137,7 +139,7 @@ class EvalConfig:
 @dataclass
 class AutoencoderConfig:
     kind: str = "none"  # none (pixel space) | own (train-autoencoder's) | kl (diffusers AutoencoderKL) | tiny (TAESD)
-    path: str = ""  # own: the folder train-autoencoder printed; kl / tiny: a Hugging Face name or a local folder
+    path: str = ""  # own: train-autoencoder's model folder (empty: this experiment's); kl / tiny: a hub name or folder
     down: int = 4  # own: spatial downsampling, 4 or 8 (a latent pixel stands for down x down frame pixels)
     latent_channels: int = 4  # own: channels per latent pixel; more keep more detail, fewer are easier to diffuse
     width: int = 32  # own: channels at full resolution (x2 per halving, at most x4); cost grows with its square
@@ -146,6 +148,9 @@ class AutoencoderConfig:
     learning_rate: float = 2e-3  # train-autoencoder: peak AdamW learning rate (short warmup, then cosine to 0)
     kl_weight: float = 1e-4  # weight of the latents' KL to N(0, I): a smooth, bounded latent space for diffusion
     ssim_weight: float = 0.2  # weight of the 1 - SSIM loss beside L1: sharper edges (hands, faces) than L1 alone
+    crop: int = 0  # train-autoencoder: random square crops of this side (0 = whole frames): more, cheaper steps
+    latent_noise: float = 0.0  # noise (x the latents' std) added before decoding in training: a decoder robust to
+    #                            the small errors a sampler leaves in its latents (no fixed-pattern texture)
 
 
 @dataclass
@@ -211,6 +216,9 @@ class Config:
             ("autoencoder.width", self.autoencoder.width >= 8 and self.autoencoder.width % 8 == 0,
              "must be a positive multiple of 8 (GroupNorm groups)"),
             ("autoencoder.learning_rate", 0 < self.autoencoder.learning_rate <= 1, "must be in (0, 1]"),
+            ("autoencoder.crop", self.autoencoder.crop == 0 or (self.autoencoder.crop % self.autoencoder.down == 0
+                                                                and self.autoencoder.crop <= self.data.image_size),
+             "must be 0 (whole frames) or a multiple of autoencoder.down up to data.image_size"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -225,6 +233,19 @@ def tinyfusion() -> Config:
     """The seed configuration: TinyDiT-D14/2 + DistilBERT, 16x64x64 clips, batch 1 (a GPU job)."""
     cfg = Config()
     cfg.model.pretrained = "pretrained/TinyDiT-D14-MaskedKD-500K.pt"
+    return cfg
+
+
+def tinyfusion_256() -> Config:
+    """TinyDiT-D14/2 as TinyFusion trained it: 16 frames of 256x256 through the Stable Diffusion VAE (8x down, 4
+    channels) give 32x32 latents, the pretrained 16x16 patch grid, so every file tensor loads exactly (learned-sigma
+    final layer included: models/pretrained.py), on DiT's own linear noise schedule. A GPU job."""
+    cfg = tinyfusion()
+    cfg.data.image_size = 256
+    cfg.data.num_frames = 16
+    cfg.autoencoder = AutoencoderConfig(kind="kl", path="stabilityai/sd-vae-ft-mse", down=8, latent_channels=4)
+    cfg.diffusion.schedule = "linear"  # betas 1e-4..0.02: each t keeps the noise level the file was trained at
+    cfg.train.exp_name = "tinyfusion-256"
     return cfg
 
 
@@ -254,30 +275,39 @@ def demo() -> Config:
 
 
 def real() -> Config:
-    """Your own sign footage in training_data/ (GIFs or videos + captions): the demo's recipe at 16 frames of 64x64,
-    where a signer's hands are several pixels wide (at 32x32 they are 1-2), on the 3.3M-parameter U-Net. Captions
-    normalised (case, punctuation), rest poses at both ends trimmed, prompts from the data's own captions."""
+    """Your own sign footage in training_data/ (GIFs or videos + captions): 16 frames of 64x64, where a signer's hands
+    are several pixels wide (at 32x32 they are 1-2), diffused in the latent space of the project's own autoencoder
+    (4x down, 4 channels: 16x16x4 latents), which `python main.py train-autoencoder --preset real` trains first on
+    the same folder in about 10 CPU minutes (autoencoder.path empty: this experiment's). A latent step of the 0.94M
+    U-Net costs a fraction of a second on 2 cores where a pixel step of the 3.3M one cost 15.7 s (docs/latent.md);
+    `--set autoencoder.kind=none` trains on pixels. The demo's recipe otherwise; captions normalised (case,
+    punctuation), rest poses at both ends trimmed, prompts from the data's own captions."""
     cfg = demo()
     cfg.data = DataConfig(data_dir="training_data", num_frames=16, image_size=64, caption_normalize=True,
                           trim_still=REST_THRESHOLD)
-    cfg.model = ModelConfig(arch="UNet3D-Demo", text_alignment=True)
-    cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=20000, batch_size=8, lr=5e-4, warmup_steps=500,
-                            ema_decay=0.999, sample_every=2000, checkpoint_every=2000, sample_prompts=())
+    # 32-pixel crops: 32 of them cost what 8 whole frames do and train faster (docs/latent.md); latent noise: a
+    # decoder that does not turn a sampler's small latent errors into a texture
+    cfg.autoencoder = AutoencoderConfig(kind="own", steps=900, batch_frames=32, crop=32, latent_noise=0.1)
+    cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)
+    cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=4000, batch_size=8, lr=1e-3, warmup_steps=100,
+                            ema_decay=0.995, sample_every=1000, checkpoint_every=1000, sample_prompts=())
     return cfg
 
 
 def real_large() -> Config:
-    """`real` at 16 frames of 128x128 on the 91.1M-parameter U-Net, in bf16 on a GPU (a CPU step takes minutes)."""
+    """`real` at 16 frames of 128x128 through an 8x-down own autoencoder (the same 16x16x4 latent grid: hands twice
+    as sharp for the same diffusion cost), on the 91.1M-parameter U-Net: a GPU job (bf16 there)."""
     cfg = real()
     cfg.data.image_size = 128
+    cfg.autoencoder = dataclasses.replace(cfg.autoencoder, down=8, crop=64, steps=3000)
     cfg.model = ModelConfig(arch="UNet3D-B", text_alignment=True)
     cfg.train = dataclasses.replace(cfg.train, exp_name="real-large", max_steps=100000, batch_size=16, lr=2e-4,
                                     warmup_steps=1000, ema_decay=0.9999, sample_every=5000, checkpoint_every=5000)
     return cfg
 
 
-PRESETS: dict[str, typing.Callable[[], Config]] = {"tinyfusion": tinyfusion, "demo": demo, "real": real,
-                                                   "real-large": real_large}
+PRESETS: dict[str, typing.Callable[[], Config]] = {"tinyfusion": tinyfusion, "tinyfusion-256": tinyfusion_256,
+                                                   "demo": demo, "real": real, "real-large": real_large}
 DEFAULT_PRESET = "demo"
 
 
@@ -370,8 +400,16 @@ def build_config(preset: str, overrides: list[str] | None = None) -> Config:
             cfg.train.exp_name = f"{base.train.exp_name}_{folder_tag(cfg.data.data_dir)}"
         if cfg.train.sample_prompts == base.train.sample_prompts:
             cfg.train.sample_prompts = ()
+    if cfg.autoencoder.kind == "own" and not cfg.autoencoder.path:
+        cfg.autoencoder.path = own_autoencoder_dir(cfg)
     cfg.validate()
     return cfg
+
+
+def own_autoencoder_dir(cfg: Config) -> str:
+    """Where `train-autoencoder` writes this experiment's model, and so where `train` looks when autoencoder.path is
+    empty: the same preset and --set find each other's folder."""
+    return os.path.join(cfg.train.checkpoint_dir, cfg.train.exp_name + AUTOENCODER_SUFFIX, "model")
 
 
 def folder_tag(folder: str) -> str:

@@ -11,6 +11,9 @@ Checks, in order (each is a function below that takes what it inspects, so tests
 - clips decodable: every clip (or the first --max-clips) decodes; any that does not is named (FAIL: a damaged file
   that training would silently skip).
 - text encoder: text.encoder loads and encodes a caption (offline-aware message when it cannot).
+- autoencoder: pixel space, or the configured autoencoder loads (own: the folder `train-autoencoder` writes; kl /
+  tiny: offline-aware), gives the latent grid the model is built for, and round-trips a frame; an own one trained on
+  another folder or frame size is a WARN.
 - model: the configured architecture builds; parameter counts.
 - pretrained: model.pretrained is present and loads with a clean report (no shape mismatch, no uncovered key).
 - backbone trainable: every model parameter requires grad (a frozen backbone behind a zero-initialised final layer
@@ -116,6 +119,35 @@ def check_text_encoder(name: str, max_length: int):
     emb = encoder.encode(["hello"])
     offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
     return PASS, f"{name}: {encoder.dim}-dim embeddings, {emb.tokens.shape[1]} tokens for 'hello'{offline}", encoder.dim
+
+
+def check_autoencoder(cfg):
+    ac, dc = cfg.autoencoder, cfg.data
+    if ac.kind == "none":
+        return PASS, "none: the model diffuses pixels"
+    from models.autoencoder import load_autoencoder
+    from models.registry import check_autoencoder as check_fits
+
+    model = load_autoencoder(ac)
+    check_fits(cfg, model)
+    frame = torch.linspace(-1, 1, 3 * dc.image_size ** 2).reshape(1, 3, dc.image_size, dc.image_size)
+    with torch.no_grad():
+        z = model.encode(frame)
+        back = model.decode(z)
+    if back.shape != frame.shape or not torch.isfinite(back).all():
+        return FAIL, f"{ac.path}: a {dc.image_size}px frame decodes to {tuple(back.shape)} (non-finite or resized)"
+    detail = f"{ac.kind} {ac.path}: {dc.image_size}px frames -> {tuple(z.shape[1:])} latents, round trip fine"
+    meta = {}
+    if ac.kind == "own":
+        from utils.safe_json import read_json
+
+        meta = read_json(os.path.join(ac.path, "config.json"), 1 << 20)  # from_folder just read it
+    trained_on = meta.get("data_dir")
+    if trained_on and os.path.abspath(trained_on) != os.path.abspath(dc.data_dir):
+        return WARN, detail + f"; trained on {trained_on}, not on data.data_dir (fine if the footage is alike)"
+    if meta.get("image_size") not in (None, dc.image_size):
+        return WARN, detail + f"; trained on {meta['image_size']}px frames, not {dc.image_size}px"
+    return PASS, detail
 
 
 def check_model(cfg, text_dim: int):
@@ -236,6 +268,7 @@ def run_checklist(cfg, checks: Checks, max_clips: int = 0) -> None:
             checks.run("clips decodable", check_clips, pairs, dc.num_frames, max_clips)
         n_train = len(select_split(pairs, "train", dc.val_fraction))
     text_dim = checks.run("text encoder", check_text_encoder, cfg.text.encoder, cfg.text.max_length)
+    checks.run("autoencoder", check_autoencoder, cfg)
     model = checks.run("model", check_model, cfg, text_dim or 768)
     if model is not None:
         checks.run("pretrained", check_pretrained, model, cfg.model.pretrained, cfg.model.vit_init)

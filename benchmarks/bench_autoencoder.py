@@ -82,8 +82,14 @@ def main() -> int:
     with torch.no_grad():
         x = frames_of(val, index)
         real = to_uint8(x[:, :, None])[:, 0]  # (N, 3, 1, H, W) -> (N, H, W, 3)
-        fake = to_uint8(model.decode(model.encode(x))[:, :, None])[:, 0]
+        z = model.encode(x)
+        fake = to_uint8(model.decode(z)[:, :, None])[:, 0]
+        # what a sampler's imperfect latents do to the frames: the same latents with noise of 0.2 x their std
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+        noisy = to_uint8(model.decode(z + 0.2 * z.std() * noise)[:, :, None])[:, 0]
     print(f"check (saved folder, metrics.py): PSNR {psnr(real, fake):.2f} dB, SSIM {ssim(real, fake).mean():.4f}")
+    print(f"robustness (latents + 0.2 std noise, decoded): PSNR {psnr(real, noisy):.2f} dB, SSIM "
+          f"{ssim(real, noisy).mean():.4f}")
     print(f"model: {info['path']}\nstrip: {info['strip']}\nlogs: {os.path.join(out, 'logs', 'bench' + SUFFIX)}")
     return 0
 

@@ -1,8 +1,9 @@
 """Latent diffusion on real sign footage, end to end: pick clips, train the autoencoder, train the latent model, train
 the evaluator on the real clips, evaluate on decoded pixels, draw a frame strip.
 
-    python benchmarks/latent_realdev.py --subset thai64 --steps 3000 [--autoencoder DIR] [--ae-budget 600]
-        [--size 64] [--down 4] [--set FIELD=VALUE ...] [--work DIR] [--smoke]
+    python benchmarks/latent_realdev.py --subset thai64 --steps 3000 [--autoencoder DIR] [--ae-steps 500]
+        [--evaluator PATH] [--draws 3] [--size 64] [--down 4] [--set FIELD=VALUE ...] [--ae-set FIELD=VALUE ...]
+        [--work DIR] [--smoke]
 
 Reads the clips from ../shared/realdev/clips (453 real Thai and British Sign Language clips, 128 px, with captions):
 development and measurement only, never copied into the project or its tests. The chosen clips are copied into
@@ -81,11 +82,17 @@ def main() -> int:
     p.add_argument("--subset", default="thai64", choices=("thai64", "thai", "all"))
     p.add_argument("--steps", type=int, default=3000, help="latent training steps")
     p.add_argument("--autoencoder", default=None, metavar="DIR", help="a trained autoencoder folder to reuse")
-    p.add_argument("--ae-budget", dest="ae_steps", type=int, default=500, help="autoencoder training steps")
+    p.add_argument("--ae-steps", dest="ae_steps", type=int, default=None,
+                   help="autoencoder training steps (default: the real preset's autoencoder.steps)")
+    p.add_argument("--evaluator", default=None, metavar="PATH",
+                   help="an evaluator.pt trained on the same clips to reuse (it is trained on the real clips only)")
+    p.add_argument("--draws", type=int, default=3, help="caption draws (evaluate --seed 0..N-1), averaged")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--down", type=int, default=4)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="more overrides for the latent training run")
+    p.add_argument("--ae-set", dest="ae_overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="more overrides for the autoencoder's training run")
     p.add_argument("--work", default=None, help="where clips, checkpoints and logs go (default: a temp folder)")
     p.add_argument("--smoke", action="store_true", help="tiny synthetic data, a few steps: checks the script runs")
     args = p.parse_args()
@@ -108,16 +115,19 @@ def main() -> int:
               f"data.cache_dir={work}/cache", f"train.checkpoint_dir={work}/checkpoints", f"train.log_dir={work}/logs",
               f"train.sample_dir={work}/samples", "train.exp_name=latent", f"autoencoder.down={args.down}"]
     if args.smoke:
-        common += ["text.encoder=all-MiniLM-L6-v2", "autoencoder.width=8", "model.arch=UNet3D-Test"]
+        common += ["text.encoder=all-MiniLM-L6-v2", "autoencoder.width=8", "autoencoder.crop=8",
+                   "model.arch=UNet3D-Test"]
     sets = [a for kv in common for a in ("--set", kv)]
     times = {}
     ae = args.autoencoder
     if ae is None:
-        ae_steps = 3 if args.smoke else args.ae_steps
-        times["autoencoder"] = cli("train-autoencoder", "--preset", "real", *sets, "--set",
-                                   f"autoencoder.steps={ae_steps}", log=log)
+        ae_steps = ["--set", "autoencoder.steps=3"] if args.smoke else (
+            ["--set", f"autoencoder.steps={args.ae_steps}"] if args.ae_steps else [])
+        ae_sets = [a for kv in args.ae_overrides for a in ("--set", kv)]
+        times["autoencoder"] = cli("train-autoencoder", "--preset", "real", *sets, *ae_steps, *ae_sets, log=log)
         ae = last_line(log)
-        print(f"autoencoder: {ae_steps} steps in {times['autoencoder']:.0f} s -> {ae}")
+        print(f"autoencoder: {times['autoencoder']:.0f} s -> {ae}; " + ", ".join(
+            line for line in open(log, encoding="utf-8").read().splitlines() if "PSNR" in line)[-200:])
     steps = 4 if args.smoke else args.steps
     latent = ["--set", "autoencoder.kind=own", "--set", f"autoencoder.path={ae}", "--set", f"train.max_steps={steps}",
               "--set", f"train.sample_every={steps}", "--set", f"train.checkpoint_every={steps}"]
@@ -126,18 +136,30 @@ def main() -> int:
     print(f"latent training: {steps} steps in {times['latent training']:.0f} s "
           f"({times['latent training'] / steps:.2f} s/step including start-up)")
     ckpt = os.path.join(work, "checkpoints", "latent", "final.pt")
-    ev_steps = ["--set", "eval.evaluator_steps=5"] if args.smoke else []
-    times["evaluator"] = cli("train-evaluator", "--checkpoint", ckpt, *ev_steps, log=log)
-    report = os.path.join(work, "eval.json")
+    evaluator = args.evaluator
+    if evaluator is None:
+        ev_steps = ["--set", "eval.evaluator_steps=5"] if args.smoke else []
+        times["evaluator"] = cli("train-evaluator", "--checkpoint", ckpt, *ev_steps, log=log)
+        evaluator = os.path.join(os.path.dirname(ckpt), "evaluator.pt")
     num = ["--num_captions", "4", "--steps", "2"] if args.smoke else ["--num_captions", str(min(n, 32))]
-    times["evaluate"] = cli("evaluate", "--checkpoint", ckpt, "--split", "train", *num, "--out", report, log=log)
-    with open(report, encoding="utf-8") as f:
-        g = json.load(f)["groups"]["train"]
-    print(f"train captions ({g['num_captions']}): R@1 generated {g['generated_r1']:.3f} / real {g['real_r1']:.3f} "
-          f"(ratio {g['generated_r1'] / max(g['real_r1'], 1e-9):.2f}); SSIM {g['ssim']:.3f}; PSNR {g['psnr']:.2f} dB; "
-          f"frame change {g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}")
+    draws = []
+    for seed in range(1 if args.smoke else args.draws):
+        report = os.path.join(work, f"eval_draw{seed}.json")
+        times[f"evaluate draw {seed}"] = cli("evaluate", "--checkpoint", ckpt, "--split", "train", "--seed", str(seed),
+                                             "--evaluator", evaluator, *num, "--out", report, log=log)
+        with open(report, encoding="utf-8") as f:
+            g = json.load(f)["groups"]["train"]
+        draws.append(g)
+        print(f"draw {seed} ({g['num_captions']} train captions): R@1 generated {g['generated_r1']:.3f} / real "
+              f"{g['real_r1']:.3f}; SSIM {g['ssim']:.3f}; PSNR {g['psnr']:.2f} dB; frame change "
+              f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}")
+    mean = {k: sum(g[k] for g in draws) / len(draws) for k in
+            ("generated_r1", "real_r1", "ssim", "psnr", "temporal_change_generated", "temporal_change_real")}
+    print(f"mean of {len(draws)} draws: R@1 generated {mean['generated_r1']:.3f} / real {mean['real_r1']:.3f} (ratio "
+          f"{mean['generated_r1'] / max(mean['real_r1'], 1e-9):.2f}); SSIM {mean['ssim']:.3f}; PSNR {mean['psnr']:.2f} "
+          f"dB; frame change {mean['temporal_change_generated']:.2f} vs real {mean['temporal_change_real']:.2f}")
     print("wall-clock: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
-    print(f"grids (real | generated) in {os.path.splitext(report)[0]}_grids; log {log}")
+    print(f"grids (real | generated) in {os.path.join(work, 'eval_draw0_grids')}; log {log}")
     return 0
 
 

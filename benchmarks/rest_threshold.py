@@ -2,6 +2,11 @@
 after H.264 encoding, against how much the slowest synthetic signs change.
 
     python benchmarks/rest_threshold.py [--smoke]
+    python benchmarks/rest_threshold.py --real DIR [--thresholds 0.3,0.5,1,2]   # a folder of real clips
+
+--real: what each threshold does to real footage (e.g. ../shared/realdev/clips, read for measurement only): the
+share of frames trimmed, clips left whole, and how much the first and last kept frames still change (a rest pose
+left in changes little).
 
 --smoke: 32 px and 8 frames only (the figures need 128 and 256 px): checks the script runs in seconds.
 
@@ -30,7 +35,12 @@ def change(frames: np.ndarray) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="one tiny size: checks the script runs, measures nothing")
+    p.add_argument("--real", default=None, metavar="DIR", help="measure the thresholds on this folder's clips instead")
+    p.add_argument("--thresholds", default="0.3,0.5,1,1.5,2", help="with --real: comma-separated thresholds")
     args = p.parse_args()
+    if args.real:
+        real_footage(args.real, [float(t) for t in args.thresholds.split(",")])
+        return
     sizes, frames, sigmas = ((32,), 8, (0, 2)) if args.smoke else ((128, 256), 24, (0, 2, 4))
     rng, tmp = np.random.default_rng(0), tempfile.mkdtemp(prefix="t2s_rest_")
     for size in sizes:
@@ -47,6 +57,29 @@ def main() -> None:
             c = change(render_clip(words, size=size, num_frames=frames))
             print(f"synthetic '{' '.join(words)}' {size}px, {frames} frames: change min {c.min():.2f}, "
                   f"median {np.median(c):.2f}, max {c.max():.2f}")
+
+
+def real_footage(folder: str, thresholds: list[float]) -> None:
+    from dataset import SCAN_FRAMES, moving_span, scan_indices
+    from utils.video import is_video
+
+    changes = []
+    for name in sorted(os.listdir(folder)):
+        if is_video(name):
+            frames, durations = read_video(os.path.join(folder, name), scan_indices)
+            changes.append((frames, min(len(durations), SCAN_FRAMES)))
+    print(f"{len(changes)} clips of {folder} (read for measurement only), {SCAN_FRAMES} frames judged at most")
+    for threshold in thresholds:
+        trimmed, whole, ends = [], 0, []
+        for frames, n in changes:
+            lo, hi = moving_span(frames, threshold)
+            whole += (lo, hi) == (0, n - 1)
+            trimmed.append(1 - (hi - lo + 1) / n)
+            c = change(frames)
+            ends += [c[lo], c[hi - 1]] if hi > lo else []
+        print(f"trim_still {threshold:g}: frames trimmed median {100 * np.median(trimmed):.0f}% (mean "
+              f"{100 * np.mean(trimmed):.0f}%), clips untrimmed {whole}, change at the kept ends median "
+              f"{np.median(ends):.2f}")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,13 @@ from config import AutoencoderConfig
 from models.blocks import zero_module
 from utils.atomic import atomic_write
 from utils.errors import UserError
+from utils.safe_json import read_json
 
 AUTOENCODER_KINDS = ("none", "own", "kl", "tiny")  # pixels, models/autoencoder.py's own, diffusers KL, diffusers TAESD
 FORMAT = "text2sign-autoencoder"
 FORMAT_VERSION = 1
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+MAX_CONFIG_BYTES = 1 << 20  # config.json holds a dozen numbers: anything larger is not ours
 GROUPS = 8  # GroupNorm groups (every width here is a multiple of 8)
 LOGVAR_RANGE = (-30.0, 20.0)  # clamp of the posterior's log-variance, as in Stable Diffusion's DiagonalGaussian
 HOW_TO_TRAIN = "python main.py train-autoencoder --preset P --set data.data_dir=DIR"
@@ -139,13 +141,18 @@ class FrameAutoencoder(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decoder(latents)
 
-    def forward(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> dict:
-        """Training pass: a posterior sample z = mean + std * eps (eps from generator), decoded; plus the KL to N(0, I)
-        per latent element (mean over everything)."""
+    def forward(self, frames: torch.Tensor, generator: torch.Generator | None = None, latent_noise: float = 0.0
+                ) -> dict:
+        """Training pass: a posterior sample z = mean + std * eps, plus latent_noise x the batch's latent std of
+        Gaussian noise (both from generator), decoded; and the KL to N(0, I) per latent element (mean over all).
+        The extra noise is relative, so the encoder cannot outgrow it by scaling its latents up."""
         mean, logvar = self.posterior(frames)
         where = generator.device if generator is not None else mean.device  # a CPU stream for a GPU model, too
         eps = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
         z = mean + torch.exp(0.5 * logvar) * eps
+        if latent_noise > 0:
+            extra = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
+            z = z + latent_noise * mean.detach().std() * extra
         kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
         return {"recon": self.decoder(z), "kl": kl, "mean": mean}
 
@@ -169,14 +176,17 @@ class FrameAutoencoder(nn.Module):
         from safetensors.torch import load_file
 
         how = f"train one with `{HOW_TO_TRAIN}`, and set autoencoder.path to the folder it prints"
+        if not os.path.isdir(folder):
+            raise UserError(f"no autoencoder at autoencoder.path={folder!r}: train it first with `python main.py "
+                            f"train-autoencoder` and this command's --preset / --set (it writes that folder), or set "
+                            f"autoencoder.path to another one")
         try:
-            with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
-                cfg = json.load(f)
+            cfg = read_json(os.path.join(folder, CONFIG_FILE), MAX_CONFIG_BYTES)
             weights = load_file(os.path.join(folder, WEIGHTS_FILE))
         except (OSError, ValueError) as err:
             raise UserError(f"autoencoder.path={folder!r} is not an autoencoder folder ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:120] if str(err) else 'unreadable'}): {how}") from None
-        if cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{folder}/{CONFIG_FILE} is not a {FORMAT} v{FORMAT_VERSION} config: {how}")
         try:
             model = cls(*(cfg[k] for k in ("down", "latent_channels", "width", "scaling_factor", "shift_factor")))

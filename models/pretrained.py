@@ -5,28 +5,38 @@ a value from the file or is one of the modules Text2Sign adds (`NEW`); anything 
 tensors, raised before the model is touched (no silent strict=False):
 
 - exact: same name, same shape, copied bit for bit (timestep MLP, every block's attention / MLP / adaLN, the final
-  layer's adaLN, the patch-embedding bias). A shape difference is an error naming both shapes.
-- adapt rgb_from_latent (x_embedder.proj.weight, (D, 4, p, p) -> (D, 3, p, p)): the SD-VAE latent channels are not
-  colours, so no latent filter belongs to any one RGB channel. Every RGB channel gets the sum of the 4 latent
-  filters divided by 3 (= their mean x 4/3): the model then sees an RGB pixel as its grey level copied into all 4
-  latent channels, and a grey input g gives exactly the response the pretrained model gives to a latent whose 4
-  channels are all g.
-- adapt eps_mean (final_layer.linear.weight / .bias, p*p*8 -> p*p*3 rows): DiT learns sigma, so its 8 output
-  channels per pixel are 4 epsilon channels then 4 variance channels (unused: our variances are fixed). Each of
-  our 3 outputs gets the mean of the 4 epsilon rows of the same patch position. This is the adjoint of the input
+  layer's adaLN, the patch-embedding bias). A shape difference is an error naming both shapes. An "adapt" tensor
+  whose shape already fits (latent mode, below) is copied bit for bit too and reported as exact.
+- adapt rgb_from_latent, pixel mode (x_embedder.proj.weight, (D, 4, p, p) -> (D, 3, p, p)): the SD-VAE latent
+  channels are not colours, so no latent filter belongs to any one RGB channel. Every RGB channel gets the sum of
+  the 4 latent filters divided by 3 (= their mean x 4/3): the model then sees an RGB pixel as its grey level copied
+  into all 4 latent channels, and a grey input g gives exactly the response the pretrained model gives to a latent
+  whose 4 channels are all g.
+- adapt eps_mean, pixel mode (final_layer.linear.weight / .bias, p*p*8 -> p*p*3 rows): DiT learns sigma, so its 8
+  output channels per pixel are 4 epsilon channels then 4 variance channels (unused: our variances are fixed). Each
+  of our 3 outputs gets the mean of the 4 epsilon rows of the same patch position. This is the adjoint of the input
   rule: the noise component the model can see is the grey (channel-mean) part, and the best per-channel estimate
   of that part is the mean of the latent predictions. Rows are ordered (p, q, channel), channel fastest, exactly
   as `VideoDiT.unpatchify` reads them.
 - recompute pos_embed: DiT's position table is fixed 2D sin-cos, not learned. The file's table (16x16 grid at
   256 px) is checked against our formula and then recomputed for the model's own grid (32x32 for 64 px frames with
-  patch 2, any size), never padded or interpolated. A table that is not the sin-cos formula is an error.
+  patch 2, the identical 16x16 in latent mode at 256 px, any size), never padded or interpolated. A table that is
+  not the sin-cos formula is an error.
 - unused y_embedder.embedding_table.weight: the 1001-entry ImageNet class table; captions condition the model
   through `text_embedder` instead, so the class path does not exist here.
 
-Input scale: the pretrained model saw SD latents scaled by 0.18215 (about unit variance, one latent pixel = 8x8
-image pixels); we feed pixels in [-1, 1] (std about 0.5) patch by patch. The noisy input x_t is dominated by unit
-noise over most timesteps, so pixels are not rescaled; fine-tuning absorbs the remaining difference. The adapted
-weights are a principled starting point, not an equivalent model.
+Latent mode (the `tinyfusion-256` preset: 256x256 frames through the SD VAE, 8x down, 4 channels, so 32x32 latents
+and a 16x16 patch grid): whenever model.pretrained is set and the model sees FILE_LATENT_CHANNELS channels,
+`models.registry.build_video_model` gives VideoDiT DiT's learned-sigma final layer (8 channels per latent pixel).
+Every tensor then fits: the patch embedding and the final layer load exactly, 0 adapted. The 4 variance channels
+are kept so the file loads as trained but are unused: forward returns only the first 4 (epsilon or v), so the
+diffusion code is unchanged and those rows get no gradient. In pixel mode (3 RGB channels) there is no learned
+sigma: the two adapt rules above apply and the variance rows are dropped.
+
+Input scale (pixel mode): the pretrained model saw SD latents scaled by 0.18215 (about unit variance, one latent
+pixel = 8x8 image pixels); we feed pixels in [-1, 1] (std about 0.5) patch by patch. The noisy input x_t is
+dominated by unit noise over most timesteps, so pixels are not rescaled; fine-tuning absorbs the remaining
+difference. The adapted weights are a principled starting point, not an equivalent model.
 
 Timesteps: the network always sees t on the pretrained 0..999 scale: step k of T maps to round((k+1)*1000/T) - 1
 (`schedulers.subsample_indices`). DiT was trained with the linear schedule (betas 1e-4..0.02), so
@@ -52,6 +62,7 @@ from models.blocks import sincos_2d
 from utils.errors import UserError
 
 RELEASE_FILE = "TinyDiT-D14-MaskedKD-500K.pt"
+FILE_LATENT_CHANNELS = 4  # the SD-VAE latents TinyDiT was trained on: a model seeing these keeps DiT's learned sigma
 RELEASE_URL = f"https://github.com/VainF/TinyFusion/releases/download/v1.0.0/{RELEASE_FILE}"
 HOW_TO_GET = (f"download {RELEASE_FILE} from {RELEASE_URL} (TinyFusion v1.0.0 release) and put it in pretrained/ "
               f"(see pretrained/README.md), or set model.pretrained='' for a random start")

@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from config import Config, ConfigError, ModelConfig
 from models.dit3d import DiT3D, DiT3D_models
+from models.pretrained import FILE_LATENT_CHANNELS
 from models.unet3d import UNet3D, UNet3D_models
 from models.video_dit import DiT_models, VideoDiT
 from models.vit3d import ViT3D, ViT3D_models
@@ -92,7 +93,12 @@ def build_video_model(cfg: Config, text_dim: int) -> nn.Module:
                    text_alignment=m.text_alignment, frame_chunk_size=m.frame_chunk_size,
                    grad_checkpointing=m.grad_checkpointing)
     family, _ = MODELS[m.arch]
-    return build_model(m.arch, grid, text_dim, in_channels=channels, **{k: options[k] for k in family.OPTIONS})
+    options = {k: options[k] for k in family.OPTIONS}
+    if getattr(family, "INIT_FIELD", None) == "pretrained" and m.pretrained and channels == FILE_LATENT_CHANNELS:
+        # the TinyDiT file's own latent space: keep its learned-sigma output half so every tensor loads exactly
+        # (decided here, not by a config field, so a checkpoint's config always rebuilds the same model)
+        options["learn_sigma"] = True
+    return build_model(m.arch, grid, text_dim, in_channels=channels, **options)
 
 
 def load_initial_weights(model: nn.Module, cfg: Config) -> str | None:

@@ -77,10 +77,13 @@ class VideoDiT(nn.Module):
     def __init__(self, image_size: int, text_dim: int, depth: int, hidden_size: int, patch_size: int,
                  num_heads: int, in_channels: int = 3, mlp_ratio: float = 4.0, temporal_attention: bool = True,
                  cross_attention: bool = True, text_alignment: bool = False, frame_chunk_size: int = 4,
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: bool = False, learn_sigma: bool = False):
         super().__init__()
         assert image_size % patch_size == 0, "image size must be a multiple of the patch size"
-        self.in_channels = self.out_channels = in_channels
+        self.in_channels = self.out_channels = in_channels  # what forward returns: the epsilon / v prediction
+        # learn_sigma: DiT's final layer (2C channels: C epsilon, then C variance). Kept so a pretrained latent-space
+        # file loads exactly; forward drops the variance half (our samplers use fixed variances): it gets no gradient
+        self.learn_sigma = learn_sigma
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.frame_chunk_size = frame_chunk_size
@@ -95,7 +98,7 @@ class VideoDiT(nn.Module):
                           mlp_ratio)
             for _ in range(depth)
         ])
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.final_layer = FinalLayer(hidden_size, patch_size, in_channels * (2 if learn_sigma else 1))
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -114,8 +117,9 @@ class VideoDiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B*T, N, p*p*C) -> (B*T, C, H, W)."""
-        p, g, C = self.patch_size, self.grid, self.out_channels
+        """(B*T, N, p*p*C) -> (B*T, C, H, W); C = the final layer's channels (2 x out_channels with learn_sigma)."""
+        p, g = self.patch_size, self.grid
+        C = x.shape[-1] // (p * p)
         x = x.reshape(x.shape[0], g, g, p, p, C)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, g * p, g * p)
 
@@ -133,6 +137,6 @@ class VideoDiT(nn.Module):
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             h = block(h, c, frame_pos, text_tokens, text_mask, prior, self.frame_chunk_size, use_ckpt)
-        out = self.final_layer(h.reshape(B, -1, h.shape[-1]), c)  # (B, T*N, p*p*C)
-        out = self.unpatchify(out.reshape(B * T, -1, out.shape[-1]))  # (B*T, C, H, W)
-        return out.view(B, T, C, H, W).permute(0, 2, 1, 3, 4)  # (B, C, T, H, W)
+        out = self.final_layer(h.reshape(B, -1, h.shape[-1]), c)  # (B, T*N, p*p*C), p*p*2C with learn_sigma
+        out = self.unpatchify(out.reshape(B * T, -1, out.shape[-1]))[:, :C]  # (B*T, C, H, W): sigma half dropped
+        return out.reshape(B, T, C, H, W).permute(0, 2, 1, 3, 4)  # (B, C, T, H, W)

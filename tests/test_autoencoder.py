@@ -39,7 +39,7 @@ def ae_overrides(tmp_path, data_dir, steps=4, **extra):
               "data.cache_dir": tmp_path.parent / "ae_cache", "train.exp_name": "ae",
               "train.checkpoint_dir": tmp_path / "checkpoints", "train.log_dir": tmp_path / "logs",
               "train.checkpoint_every": 2, "autoencoder.steps": steps, "autoencoder.batch_frames": 4,
-              "autoencoder.width": 16, **extra}
+              "autoencoder.width": 16, "autoencoder.crop": 8, "autoencoder.latent_noise": 0.1, **extra}
     return [f"{k}={v}" for k, v in values.items()]
 
 
@@ -85,6 +85,46 @@ def test_train_resume_exactly_and_load(tmp_path, synth_dir):
     again = in_process("train-autoencoder", *sets(ae_overrides(whole, synth_dir)))
     assert again.returncode == 2 and "already holds an autoencoder run" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_crops_sit_on_the_latent_grid():
+    from methods.training.autoencoder import random_crops
+
+    frames = torch.arange(50 * 3 * 16 * 16, dtype=torch.float64).reshape(50, 3, 16, 16)
+    crops = random_crops(frames, 8, 4, torch.Generator().manual_seed(0))
+    assert crops.shape == (50, 3, 8, 8)
+    first = crops[:, 0, 0, 0].long() % 256  # the top-left pixel's index in its frame: y * 16 + x
+    ys, xs = first // 16, first % 16
+    assert set(ys.tolist()) == {0, 4, 8} and set(xs.tolist()) == {0, 4, 8}  # every grid corner, nothing between
+    for n in range(50):
+        assert torch.equal(crops[n], frames[n, :, ys[n]:ys[n] + 8, xs[n]:xs[n] + 8])
+
+
+def test_latent_noise_is_relative_to_the_latents():
+    torch.manual_seed(0)
+    model = FrameAutoencoder(4, 4, 16)
+    model.decoder = torch.nn.Identity()  # recon = the decoded z itself
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    for gain in (1.0, 100.0):  # latents 100x larger get 100x more noise: the encoder cannot outgrow it
+        with torch.no_grad():
+            model.encoder.conv_out.weight[:4] *= gain  # the posterior means' half of the head
+            clean = model(x, generator=torch.Generator().manual_seed(1))
+            noisy = model(x, generator=torch.Generator().manual_seed(1), latent_noise=0.5)
+        added = noisy["recon"] - clean["recon"]  # the same posterior sample: only the extra noise differs
+        assert float(added.std() / noisy["mean"].std()) == pytest.approx(0.5, rel=0.1)  # 2048 draws: ~2% spread
+
+
+def test_an_empty_path_is_this_experiments_autoencoder(tmp_path, synth_dir):
+    cfg = load_config("real", [f"data.data_dir={synth_dir}", f"train.checkpoint_dir={tmp_path}"])
+    assert cfg.autoencoder.kind == "own"
+    assert cfg.autoencoder.path == os.path.join(str(tmp_path), cfg.train.exp_name + "-autoencoder", "model")
+    assert load_config("real", [f"data.data_dir={synth_dir}", "autoencoder.path=elsewhere"]).autoencoder.path == \
+        "elsewhere"
+    assert load_config("real", ["autoencoder.kind=none"]).autoencoder.path == ""
+    done = in_process("train", "--preset", "real", *sets([
+        f"data.data_dir={synth_dir}", f"train.checkpoint_dir={tmp_path}", "text.encoder=all-MiniLM-L6-v2"]))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "no autoencoder at" in done.stderr and "train-autoencoder" in done.stderr
 
 
 def test_diffusers_autoencoders_from_local_folders(tmp_path):

@@ -9,7 +9,7 @@ import pre_training_checklist as checklist
 import verify_training_ready as verify
 from conftest import tiny_overrides, tinyfusion_state_dict
 from models import build_model
-from methods.training.preflight import FAIL, PASS, Checks
+from methods.training.preflight import FAIL, PASS, WARN, Checks
 
 
 def cli_args(tmp_path, data_dir, encoder, **extra):
@@ -86,7 +86,8 @@ def test_verify_fails_on_planted_faults(tmp_path, synth_dir, tiny_encoder, capsy
         assert "x_embedder.proj.weight: frozen (requires_grad=False)" in out
 
 
-CHECKLIST = ["config", "data folder", "captions present", "clips decodable", "text encoder", "model", "pretrained",
+CHECKLIST = ["config", "data folder", "captions present", "clips decodable", "text encoder", "autoencoder", "model",
+             "pretrained",
              "backbone trainable", "output directories", "disk space", "TensorBoard", "device and memory"]
 
 
@@ -171,3 +172,32 @@ def test_check_functions_fail_on_planted_objects(tmp_path):
     assert status == PASS
     status, detail = checklist.check_captions([], [("a.gif", "no caption")])
     assert status == FAIL and "a.gif (no caption)" in detail
+
+
+def test_checklist_autoencoder_check(tmp_path, synth_dir):
+    from methods.run_config import load_config
+    from models.autoencoder import FrameAutoencoder
+
+    def check(**fields):
+        sets = [f"data.data_dir={synth_dir}", "data.image_size=16", *(f"{k}={v}" for k, v in fields.items())]
+        return checklist.check_autoencoder(load_config("demo", sets))
+
+    assert check()[:2] == (PASS, "none: the model diffuses pixels")
+    FrameAutoencoder(4, 4, 8).save(str(tmp_path / "ae"), meta={"data_dir": str(synth_dir), "image_size": 16})
+    status, detail = check(**{"autoencoder.kind": "own", "autoencoder.path": tmp_path / "ae"})
+    assert status == PASS and "16px frames -> (4, 4, 4) latents, round trip fine" in detail
+    status, detail = check(**{"autoencoder.kind": "own", "autoencoder.path": tmp_path / "ae",
+                              "data.data_dir": tmp_path})
+    assert status == WARN and f"trained on {synth_dir}, not on data.data_dir" in detail
+    FrameAutoencoder(4, 4, 8).save(str(tmp_path / "ae32"), meta={"data_dir": str(synth_dir), "image_size": 32})
+    status, detail = check(**{"autoencoder.kind": "own", "autoencoder.path": tmp_path / "ae32"})
+    assert status == WARN and "trained on 32px frames, not 16px" in detail
+    checks = Checks()
+    checks.run("autoencoder", checklist.check_autoencoder, load_config("demo", [
+        "data.image_size=16", "autoencoder.kind=own", f"autoencoder.path={tmp_path / 'ae'}",
+        "autoencoder.latent_channels=8"]))
+    checks.run("autoencoder", checklist.check_autoencoder, load_config("demo", [
+        "data.image_size=16", "autoencoder.kind=own", f"autoencoder.path={tmp_path / 'gone'}"]))
+    assert checks.failed == ["autoencoder", "autoencoder"]
+    assert "autoencoder.latent_channels=8 but the own autoencoder" in checks.results[0].detail
+    assert "no autoencoder at" in checks.results[1].detail

@@ -1,6 +1,8 @@
 """Pretrained TinyDiT loading: rules, report, adapters (exact numbers), sources, failures, parameter counts."""
 import argparse
+import math
 import os
+import re
 import urllib.error
 
 import pytest
@@ -8,9 +10,10 @@ import torch
 
 import main
 from conftest import dit_pos_embed, sets, tiny_overrides, tinyfusion_state_dict
-from models import build_model
+from methods.run_config import load_config
+from models import build_model, build_video_model
 from models.video_dit import DiT_models
-from models.pretrained import (RELEASE_FILE, abbreviate, adapt_final_linear, adapt_patch_embed, load_pretrained,
+from models.pretrained import (NEW, RELEASE_FILE, abbreviate, adapt_final_linear, adapt_patch_embed, load_pretrained,
                                load_state_dict_into)
 from tolerance import assert_close_scaled
 from utils.errors import UserError
@@ -262,3 +265,82 @@ def test_train_cli_reports_and_rejects_pretrained(tmp_path, synth_dir, tiny_enco
     assert train(bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "bad.pt: shape mismatch for 30 tensor(s)" in err[-1]
+
+
+def d14_release_state_dict(seed=0):
+    """TinyFusion's 152 keys at TinyDiT-D14/2's exact shapes (tinydit-checkpoint.md), each a view of one shared random
+    storage at a different offset (+ the sin-cos pos_embed): torch.save writes ~38 MB instead of 1.4 GB."""
+    d, p = 1152, 2
+    shapes = {"x_embedder.proj.weight": (d, 4, p, p), "x_embedder.proj.bias": (d,),
+              "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,), "t_embedder.mlp.2.weight": (d, d),
+              "t_embedder.mlp.2.bias": (d,),
+              "y_embedder.embedding_table.weight": (1001, d)}
+    for i in range(14):
+        for name, rows, cols in [("attn.qkv", 3 * d, d), ("attn.proj", d, d), ("mlp.fc1", 4 * d, d),
+                                 ("mlp.fc2", d, 4 * d), ("adaLN_modulation.1", 6 * d, d)]:
+            shapes[f"blocks.{i}.{name}.weight"], shapes[f"blocks.{i}.{name}.bias"] = (rows, cols), (rows,)
+    shapes.update({"final_layer.linear.weight": (p * p * 8, d), "final_layer.linear.bias": (p * p * 8,),
+                   "final_layer.adaLN_modulation.1.weight": (2 * d, d),
+                   "final_layer.adaLN_modulation.1.bias": (2 * d,)})
+    largest = max(math.prod(shape) for shape in shapes.values())  # adaLN_modulation.1.weight, 6 x 1152 x 1152
+    pool = torch.randn(largest + 2**20, generator=torch.Generator().manual_seed(seed)) / math.sqrt(d)
+    sd = {"pos_embed": torch.from_numpy(dit_pos_embed(d, 16)).float()[None]}
+    for i, (key, shape) in enumerate(shapes.items()):
+        start = (i * 104_729) % (pool.numel() - math.prod(shape) + 1)
+        sd[key] = pool[start:start + math.prod(shape)].view(shape)
+    return sd
+
+
+def test_tinyfusion_256_loads_every_tensor_exactly(tmp_path):
+    """Latent mode: SD-VAE latents of 256x256 frames on the pretrained 16x16 grid keep DiT's learned sigma, so the
+    release file loads with nothing adapted, and forward returns the epsilon half of the 8-channel final layer."""
+    sd = d14_release_state_dict()
+    assert len(sd) == 152 and sum(v.numel() for v in sd.values()) == TINYFUSION_PARAMS
+    path = tmp_path / RELEASE_FILE
+    torch.save({"ema": sd}, path)
+    assert path.stat().st_size < 40e6  # the views share one storage
+    cfg = load_config("tinyfusion-256", [f"model.pretrained={path}"])
+    with torch.device("meta"):  # as the trainer builds it, without spending a random init on 477M parameters
+        model = build_video_model(cfg, 768)
+    model.to_empty(device="cpu")
+    assert model.final_layer.linear.weight.shape == (32, 1152) and model.grid == 16  # learn_sigma, the file's grid
+    report = load_pretrained(model, cfg.model.pretrained)
+
+    assert report.counts == {"exact": 150, "adapted": 0, "recomputed": 1, "unused": 1, "new": len(report.new)}
+    assert report.new and all(re.fullmatch(NEW, k) for k in report.new)  # only text / temporal / cross attention
+    assert {k.split(".")[0] if k.startswith("text_") else k.split(".")[2] for k in report.new} == {
+        "text_embedder", "temporal_attn", "cross_attn"}
+    assert "adapted                0 tensors" in str(report)
+    state = model.state_dict()
+    for key in report.exact:
+        assert torch.equal(state[key], sd[key]), key
+    assert {"x_embedder.proj.weight", "final_layer.linear.weight", "final_layer.linear.bias"} <= set(report.exact)
+    assert torch.equal(model.pos_embed, sd["pos_embed"])  # recomputed: the identical 16x16 table
+
+    with torch.no_grad():
+        for key in report.new:  # to_empty left them uninitialised; zero output projections make them identity
+            state[key].zero_()
+        model.blocks = model.blocks[:1]  # the output path under test follows the blocks; all 14 take 13 s on 1 thread
+        final = []
+        model.final_layer.register_forward_hook(lambda module, args, out: final.append(out))
+        x = torch.randn(1, 4, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+        out = model.eval()(x, torch.tensor([500]), torch.zeros(1, 3, 768), torch.ones(1, 3, dtype=torch.bool),
+                           torch.zeros(1, 768))
+    assert out.shape == (1, 4, 2, 32, 32) and out.abs().amax() > 0
+    tokens = final[0].reshape(2, 16, 16, 2, 2, 8)  # DiT's unpatchify: (frame, h, w, p, q, 8 channels)
+    dit = torch.einsum("nhwpqc->nchpwq", tokens).reshape(2, 8, 32, 32)
+    assert torch.equal(out[0], dit[:, :4].transpose(0, 1))  # the epsilon half; the sigma half is dropped
+
+
+def test_learned_sigma_only_for_a_pretrained_latent_model():
+    """Pixel mode keeps the 3-channel output (the file's final layer is adapted); no file, no sigma half."""
+    rows = {}
+    for preset, overrides in [("tinyfusion", []), ("tinyfusion-256", []), ("tinyfusion-256", ["model.pretrained="])]:
+        with torch.device("meta"):
+            model = build_video_model(load_config(preset, overrides), 768)
+        rows[preset, bool(overrides)] = model.final_layer.linear.weight.shape[0]
+        if (preset, overrides) == ("tinyfusion-256", []):  # image part: all of TinyFusion's but pos_embed, classes
+            image = sum(p.numel() for n, p in model.named_parameters() if not re.fullmatch(NEW, n))
+            assert image == TINYFUSION_PARAMS - 256 * 1152 - 1001 * 1152 == 339_009_440
+    assert rows == {("tinyfusion", False): 2 * 2 * 3, ("tinyfusion-256", False): 2 * 2 * 8,
+                    ("tinyfusion-256", True): 2 * 2 * 4}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from config import Config
+from config import AUTOENCODER_SUFFIX, Config
 from dataset import SignDataset
 from methods.checkpoint import load_weights, rng_state, save_checkpoint, set_rng_state
 from methods.training.experiment import ExperimentLock, remove_stale_temp_files
@@ -38,7 +38,7 @@ from utils.images import frame_strip, png_bytes, upscale
 from utils.pixels import to_uint8, to_unit_range
 from utils.ssim import ssim
 
-SUFFIX = "-autoencoder"  # checkpoints/<exp>-autoencoder, logs/<exp>-autoencoder
+SUFFIX = AUTOENCODER_SUFFIX
 MAX_WARMUP = 50  # linear warmup steps (a tenth of a shorter run)
 VAL_FRAMES = 256  # val frames scored at the end, evenly over the split (a quick 64 at each checkpoint)
 STRIP_FRAMES = 8  # frames on the real-vs-reconstructed strip
@@ -51,6 +51,15 @@ def frames_of(data: SignDataset, index: torch.Tensor) -> torch.Tensor:
     clips = data.clips[index // t]  # (N, T, H, W, 3) uint8
     picked = clips[torch.arange(len(index)), index % t]  # (N, H, W, 3)
     return to_unit_range(picked[:, None])[:, :, 0]  # (N, 1, H, W, 3) -> (N, 3, 1, H, W) -> (N, 3, H, W)
+
+
+def random_crops(frames: torch.Tensor, size: int, grid: int, generator: torch.Generator) -> torch.Tensor:
+    """One size x size crop of each frame (N, 3, H, W), its corner on the latent grid (a multiple of `grid`), so a
+    crop's latent pixels cover the same pixels as in the whole frame."""
+    n, _, h, w = frames.shape
+    ys = torch.randint((h - size) // grid + 1, (n,), generator=generator) * grid
+    xs = torch.randint((w - size) // grid + 1, (n,), generator=generator) * grid
+    return torch.stack([f[:, y:y + size, x:x + size] for f, y, x in zip(frames, ys.tolist(), xs.tolist())])
 
 
 class AutoencoderRun:
@@ -111,8 +120,10 @@ class AutoencoderRun:
             group["lr"] = ac.learning_rate * self.lr_scale()
         total = len(self.train_data) * self.train_data.clips.shape[1]
         x = frames_of(self.train_data, torch.randint(total, (ac.batch_frames,), generator=self.generator))
+        if ac.crop:
+            x = random_crops(x, ac.crop, ac.down, self.generator)
         x = x.to(self.device)
-        out = self.model(x, generator=self.generator)
+        out = self.model(x, generator=self.generator, latent_noise=ac.latent_noise)
         l1 = (out["recon"] - x).abs().mean()
         ssim_loss = 1.0 - ssim(out["recon"], x, data_range=2.0).mean()
         loss = l1 + ac.ssim_weight * ssim_loss + ac.kl_weight * out["kl"]

@@ -86,10 +86,11 @@ class Trainer:
         configure_matmul(tc.tf32)
         with main_first(self.world):  # rank 0 decodes the clips and embeds the captions into the caches first
             check_output_dirs({"data.cache_dir": cfg.data.cache_dir})
-            self.data = SignDataset(cfg.data, "train", quiet=self.quiet)
-            self.autoencoder = load_autoencoder(cfg.autoencoder, self.device)  # None: pixel space
-            if self.autoencoder is not None:  # train on latents, each clip encoded once into the latent cache
+            self.autoencoder = load_autoencoder(cfg.autoencoder, self.device)  # None: pixel space; before the data
+            if self.autoencoder is not None:  # (a missing one is an error in a second, not after decoding every clip)
                 check_autoencoder(cfg, self.autoencoder)
+            self.data = SignDataset(cfg.data, "train", quiet=self.quiet)
+            if self.autoencoder is not None:  # train on latents, each clip encoded once into the latent cache
                 self.data = LatentDataset(self.data, self.autoencoder, self.device, quiet=self.quiet)
             # Prompts are embedded alongside the training captions, so sampling never loads the encoder again.
             prompts = list(tc.sample_prompts) or self.data.top_captions(3)  # empty: captions the data set holds
