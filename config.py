@@ -38,7 +38,8 @@ MINIMUMS = {
     "train.hist_every": 0, "train.checkpoint_every": 1, "eval.evaluator_dim": 4, "eval.evaluator_patch": 1,
     "eval.evaluator_depth": 1, "eval.evaluator_steps": 1, "eval.evaluator_batch_size": 2,
     "autoencoder.steps": 1, "autoencoder.batch_frames": 1, "autoencoder.kl_weight": 0, "autoencoder.ssim_weight": 0,
-    "autoencoder.crop": 0, "autoencoder.latent_noise": 0,
+    "autoencoder.crop": 0, "autoencoder.latent_noise": 0, "autoencoder.equivariance_weight": 0,
+    "autoencoder.decoder_steps": 0, "autoencoder.decoder_noise": 0,
 }
 
 
@@ -151,6 +152,11 @@ class AutoencoderConfig:
     crop: int = 0  # train-autoencoder: random square crops of this side (0 = whole frames): more, cheaper steps
     latent_noise: float = 0.0  # noise (x the latents' std) added before decoding in training: a decoder robust to
     #                            the small errors a sampler leaves in its latents (no fixed-pattern texture)
+    decoder_steps: int = 0  # train-autoencoder: more steps after `steps` that train the decoder alone (encoder
+    #                         frozen, so the latents stay) on latents with decoder_noise: clean decoded samples
+    decoder_noise: float = 0.5  # noise (x the latents' spread) in those steps: the size of a sampler's latent errors
+    equivariance_weight: float = 0.0  # weight of L1(decode(latents halved), frames halved) (EQ-VAE): latents that
+    #                                   look like small images, spatially smooth, so easier to diffuse
 
 
 @dataclass
@@ -287,7 +293,8 @@ def real() -> Config:
                           trim_still=REST_THRESHOLD)
     # 32-pixel crops: 32 of them cost what 8 whole frames do and train faster (docs/latent.md); latent noise: a
     # decoder that does not turn a sampler's small latent errors into a texture
-    cfg.autoencoder = AutoencoderConfig(kind="own", steps=900, batch_frames=32, crop=32, latent_noise=0.1)
+    cfg.autoencoder = AutoencoderConfig(kind="own", steps=900, batch_frames=32, crop=32, latent_noise=0.1,
+                                        decoder_steps=400, decoder_noise=0.5)
     cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)
     cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=4000, batch_size=8, lr=1e-3, warmup_steps=100,
                             ema_decay=0.995, sample_every=1000, checkpoint_every=1000, sample_prompts=())

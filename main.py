@@ -67,7 +67,8 @@ def cmd_train_autoencoder(args) -> int:
               f"latest.pt saved; continue with `python main.py train-autoencoder --resume`", file=sys.stderr)
         return 128 + info["stopped_by"]
     print(f"{info['scored_on']} frames ({info['frames']}): PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}; "
-          f"latents mean {info['latent_mean']:.3f}, std {info['latent_std']:.3f}; strip: {info['strip']}\n"
+          f"latents mean {info['latent_mean']:.3f}, std {info['latent_std']:.3f}, roughness "
+          f"{info['latent_roughness']:.2f}; strip: {info['strip']}\n"
           f"use it with: --set autoencoder.kind=own --set autoencoder.path={info['path']}", file=sys.stderr)
     print(info["path"])
     return 0

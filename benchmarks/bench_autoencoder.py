@@ -66,12 +66,13 @@ def main() -> int:
     ac = cfg.autoencoder
     print(f"autoencoder: down {ac.down}, {ac.latent_channels} latent channels, width {ac.width}, {ac.batch_frames} "
           f"frames/step, lr {ac.learning_rate}, kl {ac.kl_weight}, ssim {ac.ssim_weight}; {args.size}x{args.size}, "
-          f"{args.budget:.0f} s on {args.threads} threads")
+          f"{args.budget:.0f} s on {args.threads} threads (the decoder-only steps are not run under a time budget)")
     info = train_autoencoder(cfg, budget_s=args.budget, quiet=True)
     print(f"parameters: {info['params'] / 1e6:.2f}M\nsteps: {info['step']} in {info['seconds']:.0f} s "
           f"({info['s_per_step']:.2f} s/step)\n{info['scored_on']} ({info['frames']} frames): PSNR "
           f"{info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}\nlatents: mean {info['latent_mean']:.3f}, std "
-          f"{info['latent_std']:.3f} (scaling factor {1 / info['latent_std']:.3f})")
+          f"{info['latent_std']:.3f} (scaling factor {1 / info['latent_std']:.3f}), roughness "
+          f"{info['latent_roughness']:.2f} (neighbours' difference / spread)")
 
     # an independent check: the saved folder through load_autoencoder, scored by `evaluate`'s metrics
     model = load_autoencoder(type(ac)(kind="own", path=info["path"]))

@@ -43,17 +43,25 @@ class _WriteErrors:
         self.f.flush()
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
+def read_state(path: str, what: str, is_ours, not_ours: str, missing: str = "", map_location="cpu") -> dict:
+    """A dict saved by torch.save, read with weights_only=True, that is_ours(state) accepts; otherwise one UserError
+    line: "<what> not found: path<missing>", "cannot read <what> path: ..." or not_ours. The one reader of every file
+    this project writes with torch.save (checkpoints, autoencoder runs, evaluators)."""
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{what} not found: {path}{missing}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
         detail = str(err).splitlines()[0][:200] if str(err).strip() else "empty or truncated file"
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {detail}") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION or "ema" not in state:
-        raise UserError(f"{path} is not a Text2Sign checkpoint (format {FORMAT_VERSION})")
+        raise UserError(f"cannot read {what} {path}: {type(err).__name__}: {detail}") from None
+    if not isinstance(state, dict) or not is_ours(state):
+        raise UserError(not_ours)
     return state
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    return read_state(path, "checkpoint", lambda s: s.get("format_version") == FORMAT_VERSION and "ema" in s,
+                      f"{path} is not a Text2Sign checkpoint (format {FORMAT_VERSION})", map_location=map_location)
 
 
 def load_weights(model: torch.nn.Module, weights: dict, source: str) -> None:

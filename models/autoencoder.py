@@ -154,7 +154,7 @@ class FrameAutoencoder(nn.Module):
             extra = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
             z = z + latent_noise * mean.detach().std() * extra
         kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
-        return {"recon": self.decoder(z), "kl": kl, "mean": mean}
+        return {"recon": self.decoder(z), "kl": kl, "mean": mean, "z": z}
 
     def content_hash(self) -> str:
         return weights_hash(self.config(), self.state_dict())

@@ -39,7 +39,8 @@ def ae_overrides(tmp_path, data_dir, steps=4, **extra):
               "data.cache_dir": tmp_path.parent / "ae_cache", "train.exp_name": "ae",
               "train.checkpoint_dir": tmp_path / "checkpoints", "train.log_dir": tmp_path / "logs",
               "train.checkpoint_every": 2, "autoencoder.steps": steps, "autoencoder.batch_frames": 4,
-              "autoencoder.width": 16, "autoencoder.crop": 8, "autoencoder.latent_noise": 0.1, **extra}
+              "autoencoder.width": 16, "autoencoder.crop": 8, "autoencoder.latent_noise": 0.1,
+              "autoencoder.equivariance_weight": 0.5, "autoencoder.decoder_steps": 2, **extra}
     return [f"{k}={v}" for k, v in values.items()]
 
 
@@ -55,7 +56,7 @@ def test_train_resume_exactly_and_load(tmp_path, synth_dir):
     assert os.path.getsize(whole / "checkpoints" / "ae-autoencoder" / "reconstruction.png") > 0
     assert any(n.startswith("events") for _, _, names in os.walk(whole / "logs" / "ae-autoencoder") for n in names)
     state = torch.load(whole / "checkpoints" / "ae-autoencoder" / "latest.pt", weights_only=True)
-    assert state["step"] == 4
+    assert state["step"] == 6  # 4 joint steps, then 2 of the decoder alone
 
     # the same run stopped at step 2, then continued by the CLI, ends with the same weights, bit for bit
     split_sets = ae_overrides(split, synth_dir, **{"train.tensorboard": False})
@@ -85,6 +86,21 @@ def test_train_resume_exactly_and_load(tmp_path, synth_dir):
     again = in_process("train-autoencoder", *sets(ae_overrides(whole, synth_dir)))
     assert again.returncode == 2 and "already holds an autoencoder run" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_decoder_steps_leave_the_encoder_and_so_the_latents(tmp_path, synth_dir):
+    from methods.training.autoencoder import train_autoencoder
+
+    cfg = load_config("demo", ae_overrides(tmp_path, synth_dir, steps=3, **{"train.tensorboard": False,
+                                                                            "autoencoder.decoder_steps": 3}))
+    assert train_autoencoder(cfg, quiet=True, stop_at=3)["step"] == 3
+    before = torch.load(tmp_path / "checkpoints" / "ae-autoencoder" / "latest.pt", weights_only=True)["model"]
+    done = train_autoencoder(cfg, resume=torch.load(tmp_path / "checkpoints" / "ae-autoencoder" / "latest.pt",
+                                                    weights_only=True), quiet=True)
+    assert done["step"] == 6
+    after = load_file(os.path.join(done["path"], "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
 
 def test_crops_sit_on_the_latent_grid():

@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from methods.checkpoint import read_state
 from methods.evaluation.model import Evaluator
 from utils.atomic import atomic_write
 from utils.errors import UserError
@@ -25,15 +26,10 @@ def save_evaluator(path: str, model: Evaluator, **meta) -> None:
 
 def load_evaluator(path: str, device="cpu") -> tuple[Evaluator, dict]:
     """(model in eval mode, the saved dict without weights). A missing or foreign file is a one-line UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"no evaluator at {path}: run `python main.py train-evaluator` with the data and "
-                        f"--preset/--set of the model's training first (or pass --evaluator PATH)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated / foreign files
-        raise UserError(f"cannot read evaluator {path}: {type(err).__name__}") from None
-    if not isinstance(state, dict) or state.get("kind") != KIND:
-        raise UserError(f"{path} is not a Text2Sign evaluator (made by `python main.py train-evaluator`)")
+    state = read_state(path, "evaluator", lambda s: s.get("kind") == KIND,
+                       f"{path} is not a Text2Sign evaluator (made by `python main.py train-evaluator`)",
+                       ": run `python main.py train-evaluator` with the data and --preset/--set of the model's "
+                       "training first (or pass --evaluator PATH)")
     model = Evaluator(**state["hparams"])
     model.load_state_dict(state.pop("state_dict"))
     return model.to(device).eval(), state

@@ -20,11 +20,12 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import AUTOENCODER_SUFFIX, Config
 from dataset import SignDataset
-from methods.checkpoint import load_weights, rng_state, save_checkpoint, set_rng_state
+from methods.checkpoint import load_weights, read_state, rng_state, save_checkpoint, set_rng_state
 from methods.training.experiment import ExperimentLock, remove_stale_temp_files
 from methods.training.stop import StopRequest
 from methods.training.tb_logger import new_run_dir
@@ -40,6 +41,7 @@ from utils.ssim import ssim
 
 SUFFIX = AUTOENCODER_SUFFIX
 MAX_WARMUP = 50  # linear warmup steps (a tenth of a shorter run)
+DECODER_LR_SCALE = 0.25  # peak learning rate of the decoder-only steps, as a share of autoencoder.learning_rate
 VAL_FRAMES = 256  # val frames scored at the end, evenly over the split (a quick 64 at each checkpoint)
 STRIP_FRAMES = 8  # frames on the real-vs-reconstructed strip
 STATE_KIND = "text2sign-autoencoder-run"
@@ -102,8 +104,15 @@ class AutoencoderRun:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def decoder_phase(self) -> bool:
+        """Past autoencoder.steps: the decoder alone learns to decode noisy latents (not with a time budget)."""
+        return self.budget_s is None and self.step >= self.cfg.autoencoder.steps
+
     def lr_scale(self) -> float:
         ac = self.cfg.autoencoder
+        if self.decoder_phase:  # a fresh cosine at a quarter of the peak: the decoder is trained, not started
+            return DECODER_LR_SCALE * lr_factor(self.step - ac.steps, 0, ac.decoder_steps, "cosine")
         if self.budget_s is None:
             return lr_factor(self.step, self.warmup, ac.steps, "cosine")
         done = min(1.0, self.train_seconds / self.budget_s)
@@ -112,7 +121,7 @@ class AutoencoderRun:
     def finished(self) -> bool:
         if self.budget_s is not None:
             return self.train_seconds >= self.budget_s
-        return self.step >= self.cfg.autoencoder.steps
+        return self.step >= self.cfg.autoencoder.steps + self.cfg.autoencoder.decoder_steps
 
     def train_step(self) -> dict[str, float]:
         ac = self.cfg.autoencoder
@@ -123,10 +132,20 @@ class AutoencoderRun:
         if ac.crop:
             x = random_crops(x, ac.crop, ac.down, self.generator)
         x = x.to(self.device)
-        out = self.model(x, generator=self.generator, latent_noise=ac.latent_noise)
+        if self.decoder_phase:
+            if self.step == ac.steps:  # the decoder's moments start afresh with its new schedule
+                self.optimizer.state.clear()
+            out = self.decoder_pass(x, ac.decoder_noise)
+        else:
+            out = self.model(x, generator=self.generator, latent_noise=ac.latent_noise)
         l1 = (out["recon"] - x).abs().mean()
         ssim_loss = 1.0 - ssim(out["recon"], x, data_range=2.0).mean()
         loss = l1 + ac.ssim_weight * ssim_loss + ac.kl_weight * out["kl"]
+        equivariance = torch.zeros(())
+        if ac.equivariance_weight and not self.decoder_phase:  # halved latents must decode to halved frames (EQ-VAE)
+            small = self.model.decode(F.avg_pool2d(out["z"], 2))  # (N, 3, H/2, W/2)
+            equivariance = (small - F.avg_pool2d(x, 2)).abs().mean()
+            loss = loss + ac.equivariance_weight * equivariance
         if not torch.isfinite(loss):
             raise UserError(f"non-finite autoencoder loss at step {self.step}: lower autoencoder.learning_rate")
         self.optimizer.zero_grad(set_to_none=True)
@@ -134,7 +153,14 @@ class AutoencoderRun:
         self.optimizer.step()
         self.step += 1
         return {"loss": loss.item(), "l1": l1.item(), "ssim_loss": ssim_loss.item(), "kl": out["kl"].item(),
-                "lr": self.optimizer.param_groups[0]["lr"]}
+                "equivariance": equivariance.item(), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def decoder_pass(self, x: torch.Tensor, noise: float) -> dict:
+        """The frozen encoder's posterior means plus noise x their spread, decoded: gradients reach the decoder only."""
+        with torch.no_grad():
+            mean = self.model.posterior(x)[0]
+        eps = torch.randn(mean.shape, generator=self.generator, dtype=mean.dtype).to(mean.device)
+        return {"recon": self.model.decode(mean + noise * mean.std() * eps), "kl": torch.zeros((), device=x.device)}
 
     @torch.no_grad()
     def evaluate(self, max_frames: int) -> dict:
@@ -154,7 +180,9 @@ class AutoencoderRun:
         real, fake, z = np.concatenate(real), np.concatenate(fake), torch.cat(latents)
         mse = float(np.mean((real.astype(np.float64) - fake.astype(np.float64)) ** 2))
         to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).double()  # noqa: E731 (N, H, W, 3) -> (N, 3, H, W)
+        rough = torch.cat([(z[..., 1:] - z[..., :-1]).flatten(), (z[..., 1:, :] - z[..., :-1, :]).flatten()])
         return {"psnr": 100.0 if mse == 0 else min(100.0, 10 * math.log10(255.0**2 / mse)),
+                "latent_roughness": float(rough.std() / z.std()),  # neighbours' difference / spread: 0 smooth
                 "ssim": float(ssim(to_t(real), to_t(fake), data_range=255.0).mean()),
                 "latent_mean": float(z.mean()), "latent_std": float(z.std()), "frames": len(index),
                 "real": real, "fake": fake}
@@ -184,7 +212,8 @@ class AutoencoderRun:
                 from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when logging
 
                 self.writer = held.enter_context(SummaryWriter(self.run_dir))
-            total = None if self.budget_s is not None else self.cfg.autoencoder.steps
+            ac = self.cfg.autoencoder
+            total = None if self.budget_s is not None else ac.steps + ac.decoder_steps
             bar = held.enter_context(tqdm(total=total, initial=self.step, desc=tc.exp_name + SUFFIX, disable=self.quiet,
                                           dynamic_ncols=True, file=sys.stderr))
             stop = held.enter_context(StopRequest())
@@ -214,7 +243,8 @@ class AutoencoderRun:
         """Score the val frames, write the strip and the model folder (scale and shift: 1 / std and mean of the val
         latents)."""
         scores = self.evaluate(VAL_FRAMES)
-        self.log("autoencoder_val", {k: scores[k] for k in ("psnr", "ssim", "latent_mean", "latent_std")})
+        self.log("autoencoder_val", {k: scores[k] for k in ("psnr", "ssim", "latent_mean", "latent_std",
+                                                            "latent_roughness")})
         t = self.val_data.clips.shape[1]
         picks = np.linspace(0, len(scores["real"]) - 1, min(STRIP_FRAMES, len(scores["real"]))).round().astype(int)
         real, fake = frame_strip(scores["real"][picks]), frame_strip(scores["fake"][picks])  # (H, W', 3) each
@@ -231,6 +261,7 @@ class AutoencoderRun:
         self.model.save(self.model_dir, meta={
             "steps": self.step, "image_size": dc.image_size, "data_dir": os.path.abspath(dc.data_dir),
             "frames_per_clip": t, "latent_mean": scores["latent_mean"], "latent_std": scores["latent_std"],
+            "latent_roughness": scores["latent_roughness"],
             f"{self.val_name.split()[0]}_psnr": scores["psnr"], f"{self.val_name.split()[0]}_ssim": scores["ssim"]})
         return {"path": self.model_dir, "strip": strip_path, "step": self.step, "params": self.num_params,
                 "scored_on": self.val_name, **{k: v for k, v in scores.items() if k not in ("real", "fake")}}
@@ -238,15 +269,8 @@ class AutoencoderRun:
 
 def load_run_state(path: str) -> dict:
     """A train-autoencoder latest.pt (torch.load with weights_only=True), or a one-line UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"autoencoder checkpoint not found: {path} (start a run without --resume)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated / foreign files
-        raise UserError(f"cannot read {path}: {type(err).__name__}") from None
-    if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
-        raise UserError(f"{path} is not a train-autoencoder checkpoint")
-    return state
+    return read_state(path, "autoencoder checkpoint", lambda s: s.get("kind") == STATE_KIND,
+                      f"{path} is not a train-autoencoder checkpoint", " (start a run without --resume)")
 
 
 def refuse_to_overwrite(exp_dir: str) -> None:
