@@ -43,7 +43,7 @@ def main() -> int:
         write_dataset(args.data, 6, seed=0, size=32, num_frames=8)
         args.cache = os.path.join(os.path.dirname(args.data), "cache")
         args.budget, args.size, args.frames = 5.0, 16, 4
-        args.overrides = ["autoencoder.width=16", *args.overrides]
+        args.overrides = ["autoencoder.width=16", "autoencoder.crop=8", *args.overrides]
 
     import torch
 

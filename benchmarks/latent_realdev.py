@@ -121,7 +121,7 @@ def main() -> int:
     times = {}
     ae = args.autoencoder
     if ae is None:
-        ae_steps = ["--set", "autoencoder.steps=3"] if args.smoke else (
+        ae_steps = ["--set", "autoencoder.steps=3", "--set", "autoencoder.decoder_steps=2"] if args.smoke else (
             ["--set", f"autoencoder.steps={args.ae_steps}"] if args.ae_steps else [])
         ae_sets = [a for kv in args.ae_overrides for a in ("--set", kv)]
         times["autoencoder"] = cli("train-autoencoder", "--preset", "real", *sets, *ae_steps, *ae_sets, log=log)

@@ -37,7 +37,9 @@ def test_every_preset_validates():
 
 @pytest.mark.parametrize("base, field, value, needle", [
     ("real", "model.arch", "UNet3D-Nope", "model.arch='UNet3D-Nope' must be one of"),
-    ("real_large", "data.image_size", 60, "data.image_size=60 must be a multiple of 8 for model.arch=UNet3D-B"),
+    ("demo", "data.image_size", 30, "data.image_size=30 must be a multiple of 4 for model.arch=UNet3D-S"),
+    ("real", "data.image_size", 72, "data.image_size=72 / autoencoder.down=4 = a 18x18 latent grid, which must be a "
+                                    "multiple of 4 for model.arch=UNet3D-S"),
 ])
 def test_the_preset_check_fails_on_a_planted_fault(monkeypatch, base, field, value, needle):
     """A preset that passes the range checks but names an unknown arch, or a clip size its model cannot split."""
