@@ -137,11 +137,7 @@ def check_autoencoder(cfg):
     if back.shape != frame.shape or not torch.isfinite(back).all():
         return FAIL, f"{ac.path}: a {dc.image_size}px frame decodes to {tuple(back.shape)} (non-finite or resized)"
     detail = f"{ac.kind} {ac.path}: {dc.image_size}px frames -> {tuple(z.shape[1:])} latents, round trip fine"
-    meta = {}
-    if ac.kind == "own":
-        from utils.safe_json import read_json
-
-        meta = read_json(os.path.join(ac.path, "config.json"), 1 << 20)  # from_folder just read it
+    meta = getattr(model, "meta", {})  # an own autoencoder's config.json; diffusers ones have none
     trained_on = meta.get("data_dir")
     if trained_on and os.path.abspath(trained_on) != os.path.abspath(dc.data_dir):
         return WARN, detail + f"; trained on {trained_on}, not on data.data_dir (fine if the footage is alike)"

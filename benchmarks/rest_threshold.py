@@ -63,19 +63,18 @@ def real_footage(folder: str, thresholds: list[float]) -> None:
     from dataset import SCAN_FRAMES, moving_span, scan_indices
     from utils.video import is_video
 
-    changes = []
+    clips = []  # (the judged frames, their change to the next frame)
     for name in sorted(os.listdir(folder)):
         if is_video(name):
-            frames, durations = read_video(os.path.join(folder, name), scan_indices)
-            changes.append((frames, min(len(durations), SCAN_FRAMES)))
-    print(f"{len(changes)} clips of {folder} (read for measurement only), {SCAN_FRAMES} frames judged at most")
+            frames = read_video(os.path.join(folder, name), scan_indices)[0]
+            clips.append((frames, change(frames)))
+    print(f"{len(clips)} clips of {folder} (read for measurement only), {SCAN_FRAMES} frames judged at most")
     for threshold in thresholds:
         trimmed, whole, ends = [], 0, []
-        for frames, n in changes:
+        for frames, c in clips:
             lo, hi = moving_span(frames, threshold)
-            whole += (lo, hi) == (0, n - 1)
-            trimmed.append(1 - (hi - lo + 1) / n)
-            c = change(frames)
+            whole += (lo, hi) == (0, len(frames) - 1)
+            trimmed.append(1 - (hi - lo + 1) / len(frames))
             ends += [c[lo], c[hi - 1]] if hi > lo else []
         print(f"trim_still {threshold:g}: frames trimmed median {100 * np.median(trimmed):.0f}% (mean "
               f"{100 * np.mean(trimmed):.0f}%), clips untrimmed {whole}, change at the kept ends median "

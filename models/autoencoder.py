@@ -107,6 +107,7 @@ class FrameAutoencoder(nn.Module):
         self.down, self.latent_channels, self.width = down, latent_channels, width
         # 1 / std and mean of the val latents, measured when training ends
         self.scaling_factor, self.shift_factor = float(scaling_factor), float(shift_factor)
+        self.meta: dict = {}  # from_folder: the folder's config.json
         chans = widths(width, down)
         self.encoder, self.decoder = Encoder(chans, latent_channels), Decoder(chans, latent_channels)
         self.initialize_weights()
@@ -196,6 +197,7 @@ class FrameAutoencoder(nn.Module):
         if own != {k: tuple(v.shape) for k, v in weights.items()}:
             raise UserError(f"{folder}/{WEIGHTS_FILE} does not fit the architecture its config.json names: {how}")
         model.load_state_dict(weights)
+        model.meta = cfg  # config.json as written: what it was trained on (data folder, frame size, val scores)
         return model
 
 
