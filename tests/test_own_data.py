@@ -115,3 +115,20 @@ def test_data_stats_cli(tmp_path, capsys):
     with Image.open(sheet) as im:  # 5 clips of 4 frames of 32 px, twice enlarged, 2 columns, 3 rows
         assert im.size == (2 * 4 * 64 + 4, 3 * (64 + 14) + 2 * 4)
     assert main.main(["data-stats", "--set", f"data.data_dir={data}", "--sheet-clips", "0"]) == 2
+
+
+def test_evaluate_counts_normalised_captions_as_seen(tmp_path):
+    # evaluate compares the data set's (normalised) captions with training_captions: both must be normalised alike,
+    # or "Nice to meet you." in a file reads as unseen beside the picked "nice to meet you"
+    from methods.evaluation.captions import pick_captions, training_captions
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for k, caption in enumerate(["Nice to meet you.", "Hello!", "THANK you"]):
+        write_gif(str(data / f"c{k}.gif"), ramp([10 * k, 10 * k + 50]))
+        (data / f"c{k}.txt").write_text(caption)
+    cfg = DataConfig(data_dir=str(data), cache_dir=str(tmp_path / "cache"), num_frames=2, image_size=8,
+                     val_fraction=0.0, caption_normalize=True)
+    names, _ = pick_captions(SignDataset(cfg, quiet=True), 3, 0)
+    assert sorted(names) == ["hello", "nice to meet you", "thank you"]
+    assert training_captions(cfg) == set(names)

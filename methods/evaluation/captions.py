@@ -39,6 +39,7 @@ def reversed_words(caption: str) -> str | None:
 
 
 def training_captions(dc: DataConfig) -> set[str]:
-    """Captions of the train split, from the file names and .txt files only (no decoding)."""
-    pairs, _ = find_pairs(dc.data_dir)
+    """Captions of the train split, from the file names and .txt files only (no decoding), normalised as the data
+    set normalises them: a picked caption must be compared with what training saw, not with the raw file."""
+    pairs, _ = find_pairs(dc.data_dir, dc.caption_normalize)
     return {c for _, c in select_split(pairs, "train", dc.val_fraction)}
