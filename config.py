@@ -135,6 +135,12 @@ class EvalConfig:
     evaluator_steps: int = 1500  # optimizer steps of `train-evaluator` (~1 min for the demo data on 1 CPU thread)
     evaluator_batch_size: int = 32  # clips per contrastive batch: more clips = more negatives per step
     evaluator_lr: float = 1e-3  # peak AdamW learning rate of `train-evaluator` (warmup, then cosine)
+    # synthetic sets: train on a fresh render of the same vocabulary with another seed, so the evaluator never saw the
+    # clips it scores (a user's own folder has no second render: evaluate says when it scores clips it trained on)
+    evaluator_render: bool = True
+    # synthetic sets: every caption's render with its handshapes, and with its paths, swapped is a negative, so R@1
+    # needs shapes and paths (colour and place alone tell 23 of the 24 words apart)
+    evaluator_swaps: bool = True
 
 
 @dataclass

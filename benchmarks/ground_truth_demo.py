@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.synth import VOCAB, draw_captions  # noqa: E402
+from data.synth import VOCAB, draw_captions, rendered_at  # noqa: E402
 from methods.evaluation.ground_truth import format_table, score_clips  # noqa: E402
 from methods.evaluation.synth_truth import real_clip  # noqa: E402
 
@@ -32,16 +32,6 @@ def parse_source(text: str) -> tuple[int, int] | None:
     if not m:
         raise SystemExit(f"--source must be SIZExFRAMES or none, got {text!r}")
     return int(m[1]), int(m[2])
-
-
-def source_of(data_dir: str) -> tuple[int, int] | None:
-    """The render size and frames a synthetic set's README.txt states, or None when the folder has none."""
-    try:
-        with open(os.path.join(data_dir, "README.txt"), encoding="utf-8") as f:
-            m = re.search(r"size: (\d+)x\d+\s+frames: (\d+)", f.read())
-    except OSError:
-        return None
-    return (int(m[1]), int(m[2])) if m else None
 
 
 def pick_captions(n: int, seed: int) -> list[tuple[str, ...]]:
@@ -77,7 +67,7 @@ def main() -> None:
         size, frames = pipe.cfg.data.image_size, pipe.cfg.data.num_frames
     # the built-in set is rendered at 64x64 / 24 frames whatever the model's size (data.synth.ensure_data)
     source = parse_source(args.source) if args.source != "auto" else (
-        (source_of(pipe.cfg.data.data_dir) if pipe else None) or (64, 24))
+        (rendered_at(pipe.cfg.data.data_dir) if pipe else None) or (64, 24))
     print(f"{len(captions)} captions x {args.samples} sample(s), {frames} frames of {size}x{size}, truth rendered "
           f"{'at that size' if source is None else f'at {source[0]}x{source[0]} / {source[1]} frames, then loaded'}")
 

@@ -12,6 +12,7 @@ import concurrent.futures
 import functools
 import multiprocessing
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Collection, Sequence
@@ -420,6 +421,28 @@ def is_synthetic_set(folder: str) -> bool:
             return f.read(len(README_TITLE)) == README_TITLE
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def synth_settings(folder: str) -> dict | None:
+    """{"size", "frames", "clips", "seed"} a synthetic set's README.txt states (the folder or, for a held-out
+    subfolder, its parent); None for any other folder. Ground-truth scoring replays the loader from that render, and an
+    independent evaluator renders the same vocabulary with another seed."""
+    for where in (folder, os.path.dirname(os.path.normpath(folder))):
+        if is_synthetic_set(where):
+            try:
+                with open(os.path.join(where, "README.txt"), encoding="utf-8") as f:
+                    text = f.read(65536)
+            except (OSError, UnicodeDecodeError):
+                return None
+            m = re.search(r"clips: (\d+)\s+heldout: \d+\s+seed: (\d+)\s+size: (\d+)x\d+\s+frames: (\d+)", text)
+            return dict(clips=int(m[1]), seed=int(m[2]), size=int(m[3]), frames=int(m[4])) if m else None
+    return None
+
+
+def rendered_at(folder: str) -> tuple[int, int] | None:
+    """(size, frames) of synth_settings, or None."""
+    s = synth_settings(folder)
+    return (s["size"], s["frames"]) if s else None
 
 
 def will_write_synthetic(dc: DataConfig) -> bool:

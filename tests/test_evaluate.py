@@ -126,8 +126,9 @@ def group_inputs(cfg, ev, meta, ds, k=16):
 def test_real_clips_retrieve_their_caption_far_above_chance(trained):
     cfg, info, ev, meta = trained
     checks = info["checks"]
-    assert set(checks) == {"train", "val", "heldout"}
-    for name in ("val", "heldout"):  # clips and word combinations the evaluator never saw
+    assert set(checks) == {"render", "train", "val", "heldout"}  # trained on "render": an independent one
+    assert info["trained_on"].endswith("evaluator_render_seed6") and info["swap_negatives"]
+    for name in ("train", "val", "heldout"):  # clips and word combinations the evaluator never saw
         c = checks[name]
         assert c["num_captions"] >= 10, c
         assert c["r1"] >= 0.9 and c["r1"] >= 5 * c["chance_r1"], (name, c)
@@ -138,6 +139,16 @@ def test_temporal_order_matters(trained):
         c = trained[1]["checks"][name]
         assert c["reversed_r1"] < c["r1"] - 0.2, (name, c)
         assert c["reversed_order_acc"] >= 0.9 and c["shuffled_order_acc"] >= 0.8, (name, c)
+
+
+def test_swapped_handshapes_and_paths_rank_below_the_true_clip(trained):
+    # shape-swapped clips keep colour, place and path, which tell most words apart, so they still retrieve their
+    # caption often; what the swapped negatives buy is that the true clip is closer to its caption (without them:
+    # 0.80-0.87 of captions for shapes; measured with eval.evaluator_swaps=false)
+    for name in ("train", "val", "heldout"):
+        c = trained[1]["checks"][name]
+        assert c["shape_order_acc"] >= 0.95 and c["path_order_acc"] >= 0.95, (name, c)
+        assert c["path_r1"] < c["r1"] - 0.3 and c["shape_r1"] < c["r1"], (name, c)
 
 
 def test_text_ignoring_generators_score_near_chance(trained):
@@ -224,6 +235,8 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
                    cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(tmp_path / "checkpoints" / "tiny" / "evaluator.pt") and "R@1" in r.stderr
+    render = tmp_path / "checkpoints" / "tiny" / "evaluator_render_seed3"  # the data's seed 2 + 1: never scored
+    assert f"trained on an independent render ({render})" in r.stderr and "handshapes swapped" in r.stderr
 
     out = tmp_path / "eval" / "report.json"
     r = run("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
@@ -241,6 +254,17 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
         for row in group["per_caption"]:
             assert os.path.isfile(row["grid"]) and row["grid"].endswith(".gif")
     assert all(row["in_training"] for row in report["groups"]["train"]["per_caption"])
+    assert report["evaluator_trained_on"] == str(render) and report["evaluator_saw_scored_clips"] is False
+    assert "the evaluator trained on these real clips" not in r.stderr
+    for group in report["groups"].values():
+        assert group["feature_counts"] == {"generated": 3, "real": 3, "dims": 16} and group["frechet_rank_deficient"]
+        assert math.isfinite(group["kid"]) and math.isfinite(group["kid_fixed"])
+        assert 0 <= group["nn_generated_r1"] <= 1 and len(group["per_caption"][0]["nn_generated_ranks"]) == 1
+        gt = group["ground_truth"]  # a synthetic set: the renderer's truth, for generated and real clips
+        assert gt["captions"] == 3 and set(gt["generated"]) >= {"place_px", "shape_acc", "order_ok", "background"}
+        assert gt["real"]["place_px"] < gt["generated"]["place_px"], gt
+    assert report["ground_truth"] == {"source": [32, 8]} and "ground truth (3 captions" in r.stderr
+    assert "training-free (nearest real clip" in r.stderr
     assert not any(row["in_training"] for row in report["groups"]["heldout"]["per_caption"])
     logs = list((tmp_path / "logs").rglob("events.out.tfevents*"))
     assert any("eval" in str(p.parent) for p in logs)
@@ -297,6 +321,19 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
     for key in ("ssim", "psnr", "frechet_distance", "temporal_change_generated"):  # batching may move the last bits
         assert held[0][key] == pytest.approx(held[1][key], abs=1e-4), key
 
+    # An evaluator trained on the data's own clips (no independent render) says so when it scores them
+    r = in_process("train-evaluator", *sets(overrides + ["eval.evaluator_steps=2", "eval.evaluator_dim=8",
+                                                         "eval.evaluator_render=false"]), cwd=tmp_path)
+    assert r.returncode == 0 and "independent render" not in r.stderr, r.stderr
+    r = in_process("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+                   "--out", str(tmp_path / "own.json"), cwd=tmp_path)
+    own = json.loads((tmp_path / "own.json").read_text())
+    assert own["evaluator_saw_scored_clips"] is True and own["evaluator_trained_on"] == str(data)
+    assert "note: the evaluator trained on these real clips (train split" in r.stderr
+    r = in_process("evaluate", "--checkpoint", ckpt, "--num_captions", "3", "--steps", "2",
+                   "--out", str(tmp_path / "own_val.json"), cwd=tmp_path)  # val: clips it never saw
+    assert json.loads((tmp_path / "own_val.json").read_text())["evaluator_saw_scored_clips"] is False
+
     # An evaluator trained under other preprocessing is refused in one line naming the mismatch and the cure, which
     # takes the checkpoint's data settings.
     other = tmp_path / "other"
@@ -316,3 +353,48 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
     trained = torch.load(ckpt, weights_only=True)["config"]["data"]
     assert (state["data_dir"], state["hparams"]["num_frames"], state["hparams"]["image_size"], state["resize_mode"]) == \
         (str(other), trained["num_frames"], trained["image_size"], trained["resize_mode"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training-free scores: kernel distance and nearest-neighbour retrieval in fixed pixel features
+
+
+def test_kid_known_values_and_unbiasedness():
+    from methods.evaluation.metrics import kid
+
+    # 1-D, kernel (xy + 1)^3: within-set off-diagonal means 125 and 1, cross mean 1 -> 125 + 1 - 2
+    assert kid([[2.0], [2.0]], [[0.0], [0.0]]) == pytest.approx(124.0, abs=1e-12)
+    # unbiased, so it can fall below zero: within a = (1 * -1 + 1)^3 = 0, within b = 1, cross 1
+    assert kid([[1.0], [-1.0]], [[0.0], [0.0]]) == pytest.approx(-1.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    same, moved = kid(a, b), kid(a, b + 0.5)
+    assert abs(same) < 0.05 * moved and kid(b, a) == pytest.approx(same, rel=1e-9)  # 0.021 vs 1.35 here
+    # fewer samples than dimensions: still defined, still separates (the Frechet covariance is rank-deficient here)
+    assert kid(a[:16, :], b[:16] + 1.0) > 5 * abs(kid(a[:16], b[16:32]))
+
+
+def test_nearest_ranks_count_ties_against_the_query():
+    from methods.evaluation.metrics import nearest_ranks
+
+    ref = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    query = np.array([[0.1, 0.0], [0.5, 0.0], [0.0, 1.9]])
+    assert nearest_ranks(query, ref).tolist() == [0, 1, 0]  # query 1 is equally far from refs 0 and 1
+    assert nearest_ranks(query[:2], ref, target=[2, 0]).tolist() == [2, 1]  # the tie again costs query 1
+
+
+def test_fixed_features_are_area_averages_and_frame_differences():
+    from methods.evaluation.metrics import FIXED_GRID, fixed_features
+
+    clip = np.zeros((1, 3, 32, 32, 3), np.uint8)
+    clip[0, :, :, :16] = 255  # left half white in every frame
+    clip[0, 2, :2, 16:18] = 255  # frame 2: a 2x2 white square in the right half's top-left cell
+    f = fixed_features(clip)
+    n = 3 * FIXED_GRID * FIXED_GRID * 3  # frames * cells * channels
+    frames = f[0, :n] * math.sqrt(n)
+    diffs = f[0, n:] * math.sqrt(2 * FIXED_GRID * FIXED_GRID * 3)
+    grid = frames.reshape(3, 3, FIXED_GRID, FIXED_GRID)  # (T, C, 16, 16): pooled channels-first
+    assert np.allclose(grid[0, :, :, :8], 1.0) and np.allclose(grid[0, :, :, 8:], 0.0)
+    assert np.allclose(grid[2, :, 0, 8], 1.0) and np.allclose(grid[2, :, 0, 9], 0.0)  # 2x2 px = one 2x2 cell
+    d = diffs.reshape(2, 3, FIXED_GRID, FIXED_GRID)
+    assert np.allclose(d[0], 0.0) and np.allclose(d[1, :, 0, 8], 1.0) and np.abs(d[1]).sum() == pytest.approx(3.0)

@@ -32,6 +32,17 @@ def pick_captions(ds: SignDataset, k: int, seed: int) -> tuple[list[str], list[i
     return names, [first[c] for c in names]
 
 
+def other_clips(ds: SignDataset, names: list[str], first: list[int]) -> tuple[list[int], list[int]]:
+    """(k, clip index) for each picked caption k that has a second real clip: the real reference of retrieval that
+    compares clips with clips (a real clip is trivially nearest to itself)."""
+    pairs = []
+    for k, (c, i) in enumerate(zip(names, first)):
+        j = next((j for j, cj in enumerate(ds.captions) if cj == c and j != i), None)
+        if j is not None:
+            pairs.append((k, j))
+    return [k for k, _ in pairs], [j for _, j in pairs]
+
+
 def reversed_words(caption: str) -> str | None:
     """The caption with its words in reverse order, when that is a different caption."""
     words = caption.split()

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from dataset import SignDataset
-from methods.evaluation.captions import heldout_set, pick_captions, training_captions
+from methods.evaluation import ground_truth
+from methods.evaluation.captions import heldout_set, other_clips, pick_captions, training_captions
 from methods.evaluation.metrics import score_clips, seen_unseen
 from methods.evaluation.store import EVALUATOR_FILE, check_preprocessing, load_evaluator
+from methods.evaluation.synth_truth import truth_source
 from methods.pipeline import SignPipeline
 from methods.sampling import sample_seed
 from models.text_encoder import embed_captions
@@ -31,7 +33,8 @@ from utils.gif import safe_filename, write_gif
 SPLITS = ("val", "train")
 GRID_MIN_SIDE = 64  # grid GIF panels are upscaled (nearest) to at least this many pixels: 32px clips are tiny
 SCALARS = ("real_r1", "real_r5", "generated_r1", "generated_r5", "generated_r1_se", "chance_r1", "r1_ratio",
-           "real_reversed_r1", "frechet_distance", "ssim", "psnr", "temporal_change_generated", "temporal_change_real")
+           "real_reversed_r1", "frechet_distance", "kid", "kid_fixed", "nn_generated_r1", "nn_real_r1", "ssim", "psnr",
+           "temporal_change_generated", "temporal_change_real")
 
 
 def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val", num_captions: int = 32,
@@ -72,10 +75,16 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
     step = int(state.get("step", 0))
     out = out or os.path.join(cfg.train.sample_dir, cfg.train.exp_name, f"eval_step{step:07d}_{split}.json")
     grid_dir = os.path.splitext(out)[0] + "_grids"
-    report = dict(checkpoint=checkpoint, step=step, evaluator=ev_path, data_dir=cfg.data.data_dir, split=split,
+    truth = truth_source(cfg.data)
+    trained_on = meta.get("trained_on") or meta.get("data_dir")
+    saw = bool(split == "train" and trained_on and os.path.realpath(trained_on) == os.path.realpath(cfg.data.data_dir))
+    report = dict(checkpoint=checkpoint, step=step, evaluator=ev_path, evaluator_trained_on=trained_on,
+                  evaluator_saw_scored_clips=saw, data_dir=cfg.data.data_dir, split=split,
                   steps=settings.steps, guidance=settings.guidance, sampler=settings.sampler, eta=settings.eta,
                   noise_correlation=settings.noise_correlation, seed=seed, samples_per_caption=num_samples,
-                  groups=score_groups(ev, ev_text, groups, picks, generated, training_captions(cfg.data), grid_dir))
+                  ground_truth=truth,
+                  groups=score_groups(ev, ev_text, groups, picks, generated, training_captions(cfg.data), grid_dir,
+                                      truth))
     write_report(report, out)
     report["json"], report["grid_dir"] = out, grid_dir
     report["tensorboard_dir"] = write_scalars(cfg, state, report)
@@ -94,14 +103,18 @@ def generate_clips(pipe: SignPipeline, text, captions: list[str], settings, num_
 
 
 def score_groups(ev, ev_text: torch.Tensor, groups: dict, picks: dict, generated: np.ndarray, seen: set[str],
-                 grid_dir: str) -> dict:
+                 grid_dir: str, truth: dict | None = None) -> dict:
     """Metrics per group (the split, held-out), with per-caption rows that say whether the caption was trained on
-    and point to its real | generated grid GIF."""
+    and point to its real | generated grid GIF; with truth["source"], the renderer's ground truth too."""
     results, start = {}, 0
     for name, (names, idx) in picks.items():
         ds, k = groups[name], len(names)
         real, gen = ds.clips[idx].numpy(), generated[:, start:start + k]
-        res = score_clips(ev, ev_text[start:start + k], real, gen, names)
+        which, others = other_clips(ds, names, idx)
+        res = score_clips(ev, ev_text[start:start + k], real, gen, names,
+                          other_real=(np.array(which, int), ds.clips[others].numpy()) if which else None)
+        if truth and "source" in truth:
+            res["ground_truth"] = ground_truth.compare(gen, real, names, tuple(truth["source"]))
         for n, (c, row) in enumerate(zip(names, res["per_caption"])):
             path = os.path.join(grid_dir, f"{name}_{n:03d}_{safe_filename(c)}.gif")
             write_gif(path, clip_grid([[upscale(real[n], GRID_MIN_SIDE)]
@@ -130,5 +143,9 @@ def write_scalars(cfg, state: dict, report: dict) -> str:
         for key in SCALARS:
             if res.get(key) is not None:
                 writer.add_scalar(f"Evaluation/{group}/{key}", float(res[key]), report["step"])
+        gt = res.get("ground_truth") or {}
+        for side in ("generated", "real") if gt.get("captions") else ():
+            for key in ground_truth.HEADLINE:
+                writer.add_scalar(f"Evaluation/{group}/ground_truth_{side}/{key}", gt[side][key], report["step"])
     writer.close()
     return folder

@@ -42,6 +42,8 @@ MERGED_AREA = 1.25
 STEP = 0.25      # shape fit: sub-pixel grid of candidate centres, +-SPAN px around the blob's centroid
 SPAN = 2.0
 METRICS = ("place_px", "dtw_px", "shape_acc", "colour_acc", "pck", "word_acc")
+# what `evaluate` prints and logs of the overall scores (the JSON has every metric, per word too)
+HEADLINE = ("place_px", "dtw_px", "shape_acc", "colour_acc", "pck", "word_acc", "order_ok", "background")
 
 
 def hand_alpha(frames: np.ndarray) -> np.ndarray:
@@ -256,6 +258,24 @@ def score_clips(clips, captions, source: tuple[int, int] | None = None, real_ref
     per_word = {w: {"clips": len(rows), **{m: _mean(r[m] for r in rows) for m in METRICS}}
                 for w, rows in sorted(per_word.items(), key=lambda kv: VOCAB.index(kv[0]))}
     return {"overall": overall, "per_word": per_word, "clips": scored}
+
+
+def scorable(caption: str) -> bool:
+    """Whether the ground truth knows a caption: every word one of the synthetic signer's."""
+    return bool(caption.split()) and all(w in VOCAB for w in caption.split())
+
+
+def compare(generated: np.ndarray, real: np.ndarray, captions: list[str], source: tuple[int, int] | None) -> dict:
+    """Ground truth of a group's generated clips (N, K, T, H, W, 3) beside the real clips (K, ...) of its K captions:
+    {"generated": overall, "real": overall, "per_word": generated per word, "captions": scored count}; captions
+    with a word the renderer does not know are left out (counted)."""
+    keep = [i for i, c in enumerate(captions) if scorable(c)]
+    if not keep:
+        return {"captions": 0}
+    gen = score_clips([g for n in range(len(generated)) for g in generated[n, keep]],
+                      [captions[i] for _ in range(len(generated)) for i in keep], source, real_reference=False)
+    ref = score_clips(real[keep], [captions[i] for i in keep], source, real_reference=False)
+    return {"captions": len(keep), "generated": gen["overall"], "real": ref["overall"], "per_word": gen["per_word"]}
 
 
 def format_table(result: dict, title: str = "") -> str:

@@ -18,7 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data.synth import HAND_RADIUS, WordSpec, _coverage, _hand_track, _sd_hand, _word_bounds, render_specs, word_spec
+from data.synth import (HAND_RADIUS, PATHS, rendered_at, SHAPES, WordSpec, _coverage, _hand_track, _sd_hand, _word_bounds,
+                        render_specs, word_spec)
 from dataset import load_clip, sample_frame_indices
 from utils.gif import write_gif
 
@@ -121,6 +122,39 @@ def real_clip(words: Sequence[str], size: int, num_frames: int, variation_seed: 
     if source is None:
         return render_specs(specs, size, num_frames, variation_seed, outline)
     return through_loader(render_specs(specs, source[0], source[1], variation_seed, outline), size, num_frames)
+
+
+def truth_source(dc) -> dict:
+    """Whether ground-truth scores apply: {"source": (size, frames) the synthetic set was rendered at} for the
+    renderer's folders loaded as the truth replays them, else {"skipped": why}."""
+    source = rendered_at(dc.data_dir)
+    if source is None:
+        return {"skipped": "not a synthetic set (no synth-data README.txt): no ground truth to compare with"}
+    if dc.trim_still or dc.image_size > source[0] or dc.num_frames > source[1]:
+        return {"skipped": "the ground truth replays plain loading: data.trim_still 0, no more frames or pixels "
+                           "than the render"}
+    return {"source": list(source)}
+
+
+SWAPS = ("shape", "path")  # what a swapped render changes; everything else (colour, place, timing) stays right
+
+
+def swapped(spec: WordSpec, kind: str) -> WordSpec:
+    """The word with the next handshape of SHAPES ("shape") or the next path of PATHS at the same place ("path")."""
+    if kind == "shape":
+        return dataclasses.replace(spec, shape=SHAPES[(SHAPES.index(spec.shape) + 1) % len(SHAPES)])
+    if kind == "path":
+        paths = tuple(PATHS)
+        return dataclasses.replace(spec, path=paths[(paths.index(spec.path) + 1) % len(paths)])
+    raise ValueError(f"unknown swap {kind!r} (one of {', '.join(SWAPS)})")
+
+
+def swapped_clip(words: Sequence[str], kind: str, size: int, num_frames: int, variation_seed: int = 0,
+                 source: tuple[int, int] | None = None) -> np.ndarray:
+    """The caption's clip with every word's handshape or path swapped: an evaluator that ranks it as high as the true
+    clip does not look at hands or paths."""
+    return real_clip(words, size, num_frames, variation_seed, source,
+                     specs=[swapped(word_spec(w), kind) for w in words])
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,11 +1,14 @@
 """`main.py train-evaluator`: fit the evaluator (model.py) on a data set's REAL clips.
 
 Symmetric InfoNCE between clips and captions, with time-reversed and segment-shuffled clips and word-reversed
-captions as extra negatives, so the evaluator learns that the order of the signs matters. Checked on the val split
-and the held-out combinations, then saved next to the experiment's checkpoints with its numbers.
+captions as extra negatives, so the evaluator learns that the order of the signs matters. On the synthetic set it
+trains on an independent render (another seed: it never sees the clips it will score), and each caption's render
+with its handshapes, and with its paths, swapped is a negative too, so its R@1 needs shapes and paths. Checked on
+the val split and the held-out combinations, then saved next to the experiment's checkpoints with its numbers.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -16,11 +19,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import Config
+from data.synth import synth_settings, usable_cpus, write_dataset
 from dataset import SignDataset
 from methods.evaluation.captions import heldout_set, pick_captions, reversed_words
+from methods.evaluation.ground_truth import scorable
 from methods.evaluation.metrics import recall, retrieval_ranks
 from methods.evaluation.model import Evaluator, clips_to_input, reorderings, segment_shuffle
 from methods.evaluation.store import EVALUATOR_FILE, PREPROCESSING, save_evaluator
+from methods.evaluation.synth_truth import SWAPS, swapped_clip, truth_source
 from models.text_encoder import embed_captions
 from schedulers import lr_factor
 
@@ -31,6 +37,8 @@ LOSS_WINDOW = 10  # the progress bar shows the mean loss of the last this-many s
 FINAL_LOSS_WINDOW = 20  # the saved final_loss averages this many last steps (one step's loss is noisy)
 CHECK_CAPTIONS = 64  # captions ranked in the saved checks: enough to be hard, few enough for any data set
 SHUFFLE_SEED_STRIDE = 1_000_003  # step s shuffles segments with seed * stride + s: a new order every step
+SWAPS_PER_STEP = 8  # clips a step also sees with shapes / paths swapped: hard negatives at a quarter of the batch's cost
+RENDER_SEED_OFFSET = 1  # the independent render's seed: the data set's + this (other captions, other tints)
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -65,9 +73,12 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, pos: torch.Tensor, scale: 
 
 
 
-def check_real(ev: Evaluator, ds: SignDataset, text, row: dict[str, int], k: int, seed: int = 0) -> dict:
+def check_real(ev: Evaluator, ds: SignDataset, text, row: dict[str, int], k: int, seed: int = 0,
+               source: tuple[int, int] | None = None) -> dict:
     """Real clips of up to k captions: R@1 in true / reversed / segment-shuffled frame order, and how often the true
-    order is closer to the caption than the reordered clip (order_acc; 0.5 = order ignored)."""
+    order is closer to the caption than the reordered clip (order_acc; 0.5 = order ignored). With `source` (a
+    synthetic set), the same for the captions' renders with handshapes / paths swapped (shape_r1, shape_order_acc...):
+    an evaluator blind to hands ranks those as high as the true clips."""
     names, idx = pick_captions(ds, k, seed)
     if len(names) < 2:
         return {}
@@ -76,11 +87,44 @@ def check_real(ev: Evaluator, ds: SignDataset, text, row: dict[str, int], k: int
     out = {"num_captions": len(names), "chance_r1": 1 / len(names)}
     true = ev.encode_clips(clips)
     out["r1"] = recall(retrieval_ranks(true, emb), 1)
-    for name, order in reorderings(T).items():
-        moved = ev.encode_clips(clips, order=order)
-        out[f"{name}_r1"] = recall(retrieval_ranks(moved, emb), 1)
-        out[f"{name}_order_acc"] = float(((true * emb).sum(1) > (moved * emb).sum(1)).float().mean())
+    moved = {name: ev.encode_clips(clips, order=order) for name, order in reorderings(T).items()}
+    if source is not None and all(scorable(c) for c in names):
+        size = clips.shape[2]
+        moved.update({kind: ev.encode_clips(np.stack([swapped_clip(c.split(), kind, size, T, i, source)
+                                                      for i, c in enumerate(names)])) for kind in SWAPS})
+    for name, m in moved.items():
+        out[f"{name}_r1"] = recall(retrieval_ranks(m, emb), 1)
+        out[f"{name}_order_acc"] = float(((true * emb).sum(1) > (m * emb).sum(1)).float().mean())
     return out
+
+
+def independent_render(cfg: Config, quiet: bool = False) -> str | None:
+    """A fresh render of the synthetic data set (same vocabulary, count, size and frames; seed + RENDER_SEED_OFFSET)
+    under the experiment's checkpoint folder, written once; None when the data is not synthetic or
+    eval.evaluator_render is off."""
+    st = synth_settings(cfg.data.data_dir)
+    if st is None or not cfg.eval.evaluator_render:
+        return None
+    want = dict(st, seed=st["seed"] + RENDER_SEED_OFFSET)
+    folder = os.path.join(cfg.train.checkpoint_dir, cfg.train.exp_name, f"evaluator_render_seed{want['seed']}")
+    if synth_settings(folder) != want:
+        if not quiet:
+            print(f"rendering an independent set for the evaluator ({want['clips']} clips, seed {want['seed']}) in "
+                  f"{folder}", file=sys.stderr)
+        write_dataset(folder, want["clips"], seed=want["seed"], size=want["size"], num_frames=want["frames"],
+                      workers=usable_cpus(), command="python main.py train-evaluator (eval.evaluator_render)",
+                      flag="train.checkpoint_dir")
+    return folder
+
+
+def swap_bank(ds: SignDataset, source: tuple[int, int] | None) -> torch.Tensor | None:
+    """uint8 (len(SWAPS), V, T, H, W, 3): every caption id's clip with its handshapes / paths swapped, made as the
+    loader makes clips; None when a caption has a word the renderer does not know."""
+    if source is None or not all(scorable(c) for c in ds.caption_vocab):
+        return None
+    T, size = ds.clips.shape[1], ds.clips.shape[2]
+    return torch.from_numpy(np.stack([np.stack([swapped_clip(c.split(), kind, size, T, i, source)
+                                                for i, c in enumerate(ds.caption_vocab)]) for kind in SWAPS]))
 
 
 def caption_table(train: SignDataset, checks: dict[str, SignDataset]) -> list[str]:
@@ -93,11 +137,19 @@ def caption_table(train: SignDataset, checks: dict[str, SignDataset]) -> list[st
 
 
 def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
-    """Train on the train split's real clips, check on val (+ held-out), save next to the checkpoints."""
+    """Train on the train split's real clips (synthetic: all clips of an independent render), check on val (+ held-out,
+    + the data's train split when it trained on a render), save next to the checkpoints."""
     ec, dc = cfg.eval, cfg.data
     t0 = time.perf_counter()
-    train = SignDataset(dc, "train", quiet=quiet)
+    render = independent_render(cfg, quiet)
+    train = (SignDataset(dataclasses.replace(dc, data_dir=render), "all", quiet=quiet) if render
+             else SignDataset(dc, "train", quiet=quiet))
+    source = truth_source(dc).get("source")
+    source = tuple(source) if source else None
+    bank = swap_bank(train, source) if ec.evaluator_swaps else None
     checks = {"val": SignDataset(dc, "val", quiet=True), "heldout": heldout_set(dc)}
+    if render:  # the clips the generator trained on, which this evaluator never saw
+        checks["train"] = SignDataset(dc, "train", quiet=True)
     checks = {k: v for k, v in checks.items() if v is not None and len(v)}
     all_caps = caption_table(train, checks)
     row = {c: i for i, c in enumerate(all_caps)}
@@ -122,7 +174,11 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
         negs = neg_row[uniq][neg_row[uniq] >= 0]
         t_neg = model.text_embedding(text.tokens[negs], text.mask[negs]) if len(negs) else None
         shuffled = f[:, segment_shuffle(T, cfg.train.seed * SHUFFLE_SEED_STRIDE + step)]
-        v_neg = model.clip_embedding(torch.cat([f.flip(1), shuffled])) if T > 1 else None
+        reordered = [f.flip(1), shuffled] if T > 1 else []
+        if bank is not None:  # (len(SWAPS) * n, T, D): n of this batch's captions with shapes / paths swapped
+            swaps = bank[:, train.caption_ids[idx[:SWAPS_PER_STEP]]].flatten(0, 1)
+            reordered.append(model.frame_features(augment(clips_to_input(swaps), g)))
+        v_neg = model.clip_embedding(torch.cat(reordered)) if reordered else None
         loss = info_nce(model.clip_embedding(f), t, pos, model.scale(), v_neg, t_neg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,11 +189,12 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
         if step % LOSS_WINDOW == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-LOSS_WINDOW:]):.3f}", refresh=False)
     model.eval()
-    results = {name: check_real(model, ds, text, row, CHECK_CAPTIONS) for name, ds in checks.items()}
-    results["train"] = check_real(model, train, text, row, CHECK_CAPTIONS)
+    results = {name: check_real(model, ds, text, row, CHECK_CAPTIONS, source=source) for name, ds in checks.items()}
+    results["render" if render else "train"] = check_real(model, train, text, row, CHECK_CAPTIONS, source=source)
     path = os.path.join(cfg.train.checkpoint_dir, cfg.train.exp_name, EVALUATOR_FILE)
     meta = dict(text_encoder=cfg.text.encoder, max_length=cfg.text.max_length,
-                **{key: getattr(dc, key) for key in PREPROCESSING}, steps=steps,
+                **{key: getattr(dc, key) for key in PREPROCESSING}, trained_on=render or dc.data_dir,
+                swap_negatives=bank is not None, steps=steps,
                 final_loss=float(np.mean(losses[-FINAL_LOSS_WINDOW:])), checks=results,
                 train_seconds=time.perf_counter() - t0)
     save_evaluator(path, model, **meta)

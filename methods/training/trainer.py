@@ -23,6 +23,9 @@ from diffusion import GaussianDiffusion
 from methods.checkpoint import load_weights, nonfinite_summary, rng_state, save_checkpoint, set_rng_state
 from methods.training.experiment import (ExperimentLock, check_memory, output_dirs, refuse_to_overwrite,
                                          remove_stale_temp_files)
+from methods.evaluation import ground_truth
+from methods.evaluation.ground_truth import scorable
+from methods.evaluation.synth_truth import truth_source
 from methods.pipeline import SignPipeline
 from methods.training.stop import STOP_SIGNALS, StopRequest
 from methods.training.tb_logger import TBLogger, new_run_dir
@@ -126,6 +129,9 @@ class Trainer:
         self._order: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its permutation), computed once
         self.exp_dir = os.path.join(tc.checkpoint_dir, tc.exp_name)
         self.sample_dir = os.path.join(tc.sample_dir, tc.exp_name)
+        # synthetic data: the renderer's truth scores every sample of a prompt it knows (12_Generated_Samples)
+        source = truth_source(cfg.data).get("source")
+        self.truth = tuple(source) if source else None
         self.run_dir = new_run_dir(os.path.join(tc.log_dir, tc.exp_name))
         self.resumed = resume is not None
         if resume is not None:
@@ -338,6 +344,12 @@ class Trainer:
         clips = pipe(prompts, seed=self.cfg.train.seed, text=text)
         paths = pipe.save(clips, prompts, self.sample_dir, suffix=f"_step{self.step:07d}")
         self.logger.samples(self.step, clips, prompts)
+        known = [i for i, p in enumerate(prompts) if scorable(p)] if self.truth else []
+        if known and self.logger.enabled:
+            with self.logger.timed():
+                scores = ground_truth.score_clips(clips[known], [prompts[i] for i in known], self.truth,
+                                                  real_reference=False)["overall"]
+            self.logger.scalars(self.step, "12_Generated_Samples/ground_truth", scores)
         if not self.quiet:
             tqdm.write(f"step {self.step}: samples -> {', '.join(paths)}", file=sys.stderr)
         return paths
