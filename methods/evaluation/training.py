@@ -174,11 +174,11 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
         negs = neg_row[uniq][neg_row[uniq] >= 0]
         t_neg = model.text_embedding(text.tokens[negs], text.mask[negs]) if len(negs) else None
         shuffled = f[:, segment_shuffle(T, cfg.train.seed * SHUFFLE_SEED_STRIDE + step)]
-        reordered = [f.flip(1), shuffled] if T > 1 else []
+        negatives = [f.flip(1), shuffled] if T > 1 else []
         if bank is not None:  # (len(SWAPS) * n, T, D): n of this batch's captions with shapes / paths swapped
             swaps = bank[:, train.caption_ids[idx[:SWAPS_PER_STEP]]].flatten(0, 1)
-            reordered.append(model.frame_features(augment(clips_to_input(swaps), g)))
-        v_neg = model.clip_embedding(torch.cat(reordered)) if reordered else None
+            negatives.append(model.frame_features(augment(clips_to_input(swaps), g)))
+        v_neg = model.clip_embedding(torch.cat(negatives)) if negatives else None
         loss = info_nce(model.clip_embedding(f), t, pos, model.scale(), v_neg, t_neg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
