@@ -69,6 +69,12 @@ def fixed_features(clips) -> np.ndarray:
     return torch.cat([blk / math.sqrt(blk.shape[1]) for blk in blocks], 1).numpy()
 
 
+def standardised(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Features centred on the reference set's mean and divided by its overall spread (one number): the scale the
+    kernel distance's (x.y / D + 1)^3 expects, which raw pixel features (tiny dot products) are far from."""
+    return (features - reference.mean(0)) / max(float(reference.std()), 1e-12)
+
+
 def nearest_ranks(query, reference, target=None) -> np.ndarray:
     """Rank (0 = nearest) of reference target[i] (default i) for query i among all references by Euclidean distance;
     ties count against the query, as in retrieval_ranks."""
@@ -139,7 +145,7 @@ def score_clips(ev: Evaluator, text: torch.Tensor, real, generated, captions: li
     out["kid"] = kid(gen_emb.flatten(0, 1).numpy(), real_emb.numpy())
     real_fixed = fixed_features(real)
     gen_fixed = np.stack([fixed_features(g) for g in generated])  # (N, K, F)
-    out["kid_fixed"] = kid(gen_fixed.reshape(N * K, -1), real_fixed)
+    out["kid_fixed"] = kid(standardised(gen_fixed.reshape(N * K, -1), real_fixed), standardised(real_fixed, real_fixed))
     nn_gen = np.stack([nearest_ranks(g, real_fixed) for g in gen_fixed], axis=1)  # (K, N)
     out["nn_generated_r1"] = recall(nn_gen, 1)
     out["nn_real_r1"], out["nn_real_captions"] = None, 0
