@@ -162,7 +162,7 @@ def cmd_train_evaluator(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from methods.evaluation.evaluate import evaluate
-    from methods.evaluation.ground_truth import HEADLINE as GROUND_TRUTH_PRINTED
+    from methods.ground_truth import HEADLINE as GROUND_TRUTH_PRINTED
 
     report = evaluate(args.checkpoint or args.model, data_dir=args.data, split=args.split,
                       num_captions=args.num_captions,

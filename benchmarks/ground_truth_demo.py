@@ -1,6 +1,6 @@
 """Ground-truth scores of a checkpoint's clips of the synthetic signer: where its hands are, their shapes and colours,
 the words' order and the background's noise, read off the pixels and compared with the renderer's truth (no learned
-model: methods/evaluation/ground_truth.py).
+model: methods/ground_truth.py).
 
     python benchmarks/ground_truth_demo.py --checkpoint checkpoints/demo/final.pt [--captions 12] [--samples 2]
     python benchmarks/ground_truth_demo.py --real-only [--size 64 --frames 24]   # the ceiling: rendered clips
@@ -20,8 +20,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.synth import VOCAB, draw_captions, rendered_at  # noqa: E402
-from methods.evaluation.ground_truth import format_table, score_clips  # noqa: E402
-from methods.evaluation.synth_truth import real_clip  # noqa: E402
+from methods.ground_truth import format_table, score_clips  # noqa: E402
+from methods.synth_truth import real_clip  # noqa: E402
 
 
 def parse_source(text: str) -> tuple[int, int] | None:

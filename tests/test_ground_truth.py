@@ -1,4 +1,4 @@
-"""Ground-truth scores of synthetic clips (methods/evaluation/ground_truth.py): real renders score at the ceiling, and
+"""Ground-truth scores of synthetic clips (methods/ground_truth.py): real renders score at the ceiling, and
 each planted fault worsens its own attribute and not (much) the others."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from data.synth import SHAPES, VOCAB, WORDS, _hand_track, draw_captions, render_clip, word_spec
-from methods.evaluation.ground_truth import dtw, format_table, score_clip, score_clips
+from methods.ground_truth import dtw, format_table, score_clip, score_clips
 from data.synth import render_specs
-from methods.evaluation.synth_truth import background_mask, real_clip, truth
+from methods.synth_truth import background_mask, real_clip, truth
 
 LOADED = (64, 24)  # the built-in set's render size: the demo model's 32x32 / 8 frames come from it via the loader
 CAPTIONS = [c for c in draw_captions(40, 11)[len(VOCAB):] if len(c) >= 2][:8]

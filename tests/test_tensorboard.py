@@ -131,7 +131,7 @@ def test_all_15_categories_real_timesteps_and_animated_samples(tiny_config, monk
         caption = acc.Tensors(f"{tag}/caption/text_summary")[-1].tensor_proto.string_val[0].decode()
         assert caption.startswith(prompt)
     # 12, synthetic data: the renderer's ground truth scores the samples at the sample steps, every headline metric
-    from methods.evaluation.ground_truth import METRICS
+    from methods.ground_truth import METRICS
     for key in METRICS + ("order_ok",):
         assert [e.step for e in acc.Scalars(f"12_Generated_Samples/ground_truth/{key}")] == [3, 6], key
     # 13: x_t | predicted x0 | target, animated over the clip's frames.

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from dataset import SignDataset
-from methods.evaluation import ground_truth
+from methods import ground_truth
 from methods.evaluation.captions import heldout_set, other_clips, pick_captions, training_captions
 from methods.evaluation.metrics import score_clips, seen_unseen
 from methods.evaluation.store import EVALUATOR_FILE, check_preprocessing, load_evaluator
-from methods.evaluation.synth_truth import truth_source
+from methods.synth_truth import truth_source
 from methods.pipeline import SignPipeline
 from methods.sampling import sample_seed
 from models.text_encoder import embed_captions

@@ -22,11 +22,11 @@ from config import Config
 from data.synth import synth_settings, usable_cpus, write_dataset
 from dataset import SignDataset
 from methods.evaluation.captions import heldout_set, pick_captions, reversed_words
-from methods.evaluation.ground_truth import scorable
+from methods.ground_truth import scorable
 from methods.evaluation.metrics import recall, retrieval_ranks
 from methods.evaluation.model import Evaluator, clips_to_input, reorderings, segment_shuffle
 from methods.evaluation.store import EVALUATOR_FILE, PREPROCESSING, save_evaluator
-from methods.evaluation.synth_truth import SWAPS, swapped_clip, truth_source
+from methods.synth_truth import SWAPS, swapped_clip, truth_source
 from models.text_encoder import embed_captions
 from schedulers import lr_factor
 

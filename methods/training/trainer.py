@@ -23,9 +23,9 @@ from diffusion import GaussianDiffusion
 from methods.checkpoint import load_weights, nonfinite_summary, rng_state, save_checkpoint, set_rng_state
 from methods.training.experiment import (ExperimentLock, check_memory, output_dirs, refuse_to_overwrite,
                                          remove_stale_temp_files)
-from methods.evaluation import ground_truth
-from methods.evaluation.ground_truth import scorable
-from methods.evaluation.synth_truth import truth_source
+from methods import ground_truth
+from methods.ground_truth import scorable
+from methods.synth_truth import truth_source
 from methods.pipeline import SignPipeline
 from methods.training.stop import STOP_SIGNALS, StopRequest
 from methods.training.tb_logger import TBLogger, new_run_dir
