@@ -428,12 +428,12 @@ def synth_settings(folder: str) -> dict | None:
     subfolder, its parent); None for any other folder. Ground-truth scoring replays the loader from that render, and an
     independent evaluator renders the same vocabulary with another seed."""
     for where in (folder, os.path.dirname(os.path.normpath(folder))):
-        if is_synthetic_set(where):
-            try:
-                with open(os.path.join(where, "README.txt"), encoding="utf-8") as f:
-                    text = f.read(65536)
-            except (OSError, UnicodeDecodeError):
-                return None
+        try:
+            with open(os.path.join(where, "README.txt"), encoding="utf-8") as f:
+                text = f.read(65536)
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text.startswith(README_TITLE):  # what is_synthetic_set checks, without reading the file twice
             m = re.search(r"clips: (\d+)\s+heldout: \d+\s+seed: (\d+)\s+size: (\d+)x\d+\s+frames: (\d+)", text)
             return dict(clips=int(m[1]), seed=int(m[2]), size=int(m[3]), frames=int(m[4])) if m else None
     return None

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from data.synth import AMPLITUDE, BASE, COLOURS, INK, SHAPES, VOCAB, WordSpec, _coverage, _sd_hand
-from methods.synth_truth import (Truth, background_mask, hand_radius_px, hand_template, path_points,
-                                           real_clip, truth)
+from methods.synth_truth import (Truth, background_mask, hand_radius_px, hand_template, path_points, real_clip,
+                                 truth)
 
 PALETTE = np.array(list(COLOURS.values()), np.float32)  # (9, 3) hand colours
 COLOUR_NAMES = tuple(COLOURS)

@@ -133,7 +133,7 @@ def truth_source(dc) -> dict:
     if dc.trim_still or dc.image_size > source[0] or dc.num_frames > source[1]:
         return {"skipped": "the ground truth replays plain loading: data.trim_still 0, no more frames or pixels "
                            "than the render"}
-    return {"source": list(source)}
+    return {"source": source}
 
 
 SWAPS = ("shape", "path")  # what a swapped render changes; everything else (colour, place, timing) stays right

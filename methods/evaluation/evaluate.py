@@ -114,7 +114,7 @@ def score_groups(ev, ev_text: torch.Tensor, groups: dict, picks: dict, generated
         res = score_clips(ev, ev_text[start:start + k], real, gen, names,
                           other_real=(np.array(which, int), ds.clips[others].numpy()) if which else None)
         if truth and "source" in truth:
-            res["ground_truth"] = ground_truth.compare(gen, real, names, tuple(truth["source"]))
+            res["ground_truth"] = ground_truth.compare(gen, real, names, truth["source"])
         for n, (c, row) in enumerate(zip(names, res["per_caption"])):
             path = os.path.join(grid_dir, f"{name}_{n:03d}_{safe_filename(c)}.gif")
             write_gif(path, clip_grid([[upscale(real[n], GRID_MIN_SIDE)]

@@ -145,7 +145,6 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
     train = (SignDataset(dataclasses.replace(dc, data_dir=render), "all", quiet=quiet) if render
              else SignDataset(dc, "train", quiet=quiet))
     source = truth_source(dc).get("source")
-    source = tuple(source) if source else None
     bank = swap_bank(train, source) if ec.evaluator_swaps else None
     checks = {"val": SignDataset(dc, "val", quiet=True), "heldout": heldout_set(dc)}
     if render:  # the clips the generator trained on, which this evaluator never saw

@@ -130,8 +130,7 @@ class Trainer:
         self.exp_dir = os.path.join(tc.checkpoint_dir, tc.exp_name)
         self.sample_dir = os.path.join(tc.sample_dir, tc.exp_name)
         # synthetic data: the renderer's truth scores every sample of a prompt it knows (12_Generated_Samples)
-        source = truth_source(cfg.data).get("source")
-        self.truth = tuple(source) if source else None
+        self.truth = truth_source(cfg.data).get("source")
         self.run_dir = new_run_dir(os.path.join(tc.log_dir, tc.exp_name))
         self.resumed = resume is not None
         if resume is not None:
