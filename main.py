@@ -26,7 +26,7 @@ def cmd_train(args) -> int:
     from methods.training.experiment import refuse_to_overwrite
     from methods.training.trainer import Trainer
     from utils.device import select_device
-    from utils.distributed import close_world, init_world, launcher_world, main_first
+    from utils.distributed import PeerFailed, close_world, init_world, launcher_world, main_first
 
     cfg = load_config(args.preset, args.overrides)
     state = None
@@ -44,6 +44,9 @@ def cmd_train(args) -> int:
         with main_first(world):  # one process writes the demo data
             ensure_data(cfg.data)
         return train(Trainer(cfg, resume=state, world=world))
+    except PeerFailed:  # the failing rank said why: it closes the group and exits first, so torchrun names it the
+        time.sleep(PEER_EXIT_DELAY_S)  # root cause (closing both ends of gloo at once once aborted it, SIGABRT)
+        raise
     finally:
         close_world()
 
@@ -425,8 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         if reports_errors():
             print(f"{rank_prefix()}error: {err}", file=sys.stderr)
         return 2
-    except PeerFailed:  # another rank failed and said why; let it exit first, so torchrun names it the root cause
-        time.sleep(PEER_EXIT_DELAY_S)
+    except PeerFailed:  # another rank failed and said why (cmd_train let it exit first)
         return 2
     except KeyboardInterrupt as err:  # a second stop signal during training, or Ctrl-C anywhere else
         signum = getattr(err, "signum", signal.SIGINT)

@@ -24,8 +24,7 @@ import pytest
 from conftest import ROOT, in_process, sets, tiny_overrides
 
 SCRIPTS = sorted(p.name for p in pathlib.Path(ROOT, "benchmarks").glob("*.py") if not p.name.startswith("_"))
-NEEDS_CHECKPOINT = {"demo_text_following.py", "eval_demo.py", "frame_strip.py", "serve_screenshot.py", "race.py",
-                    "scale_demo.py"}
+NEEDS_CHECKPOINT = {"eval_demo.py", "frame_strip.py", "serve_screenshot.py", "race.py", "scale_demo.py"}
 START_AT_ONCE = ["bench_gpu.py", "bench_data.py", "bench_tinydit.py", "rest_threshold.py", "bench_autoencoder.py"]
 SLOWEST_FIRST = ["race.py", "scale_demo.py", "bench_demo.py", "bench_logging.py"]  # of the others
 
@@ -45,7 +44,6 @@ FIGURES = {
                          rf"logging overhead at default intervals: {NUMBER}% of step time"],
     "bench_tinydit.py": [r"model DiT-Test/4: [\d,]+ parameters", rf"seconds per step {NUMBER}",
                          rf"MFU {NUMBER}%"],
-    "demo_text_following.py": [rf"caption match top-1: {NUMBER} over 4 captions \(chance 0.25\)"],
     "eval_demo.py": [rf"\| final.pt \| 4 \| {NUMBER} \| {NUMBER} \| train \| 3 x 1 \| {NUMBER} ± {NUMBER} / {NUMBER}"],
     "frame_strip.py": [r"'yes no please': real clip .*, 1 generated \(guidance", r"strip.png: per caption"],
     "race.py": [r"tiny: 2 steps in", rf"\| tiny \| DiT-Test/4 \| {NUMBER}M \| 2 \| {NUMBER} \| {NUMBER} \|"],
@@ -85,7 +83,6 @@ class Tiny:
                                      "--threads", "1", "--cache", str(tmp / "cache"), "--out", str(tmp / "out")],
             "bench_demo.py": ["--data", self.data, *sets(self.fields(tmp))],
             "bench_logging.py": ["--data", self.data, *sets(self.fields(tmp))],
-            "demo_text_following.py": ["--checkpoint", self.ckpt],
             "eval_demo.py": ["--checkpoints", self.ckpt],
             "frame_strip.py": ["--checkpoint", self.ckpt],
             "serve_screenshot.py": ["--checkpoint", self.ckpt],
