@@ -191,8 +191,8 @@ def cmd_evaluate(args) -> int:
                 f"{k} {gt['generated'][k]:.2f} / {gt['real'][k]:.2f}" for k in GROUND_TRUTH_PRINTED), file=sys.stderr)
     if report["evaluator_saw_scored_clips"]:
         print(f"note: the evaluator trained on these real clips ({report['split']} split of {report['data_dir']}): "
-              f"its real R@1 is memorised. Score --split val, or train an evaluator on another render "
-              f"(`train-evaluator --checkpoint CKPT --independent` on the synthetic set)", file=sys.stderr)
+              f"its real R@1 is memorised. Score --split val (on a synthetic set, `train-evaluator` with "
+              f"eval.evaluator_render=true, the default, trains on a render of its own)", file=sys.stderr)
     print(report["json"])
     return 0
 

@@ -330,6 +330,7 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
     own = json.loads((tmp_path / "own.json").read_text())
     assert own["evaluator_saw_scored_clips"] is True and own["evaluator_trained_on"] == str(data)
     assert "note: the evaluator trained on these real clips (train split" in r.stderr
+    assert "eval.evaluator_render=true" in r.stderr and load_config("demo", ["eval.evaluator_render=true"])  # a real field
     r = in_process("evaluate", "--checkpoint", ckpt, "--num_captions", "3", "--steps", "2",
                    "--out", str(tmp_path / "own_val.json"), cwd=tmp_path)  # val: clips it never saw
     assert json.loads((tmp_path / "own_val.json").read_text())["evaluator_saw_scored_clips"] is False
