@@ -2,8 +2,8 @@
 the evaluator on the real clips, evaluate on decoded pixels, draw a frame strip.
 
     python benchmarks/latent_realdev.py --subset thai64 --steps 3000 [--autoencoder DIR] [--ae-steps 500]
-        [--evaluator PATH] [--draws 3] [--size 64] [--down 4] [--set FIELD=VALUE ...] [--ae-set FIELD=VALUE ...]
-        [--work DIR] [--smoke]
+        [--evaluator PATH] [--draws 3] [--guidance G ...] [--size 64] [--down 4] [--set FIELD=VALUE ...]
+        [--ae-set FIELD=VALUE ...] [--work DIR] [--smoke]
 
 Reads the clips from ../shared/realdev/clips (453 real Thai and British Sign Language clips, 128 px, with captions):
 development and measurement only, never copied into the project or its tests. The chosen clips are copied into
@@ -11,7 +11,8 @@ development and measurement only, never copied into the project or its tests. Th
 thai (all 344 Thai clips), all (all 453). Each stage is the real CLI (`train-autoencoder`, `train`,
 `train-evaluator`, `evaluate --split train`), timed; the R@1 of generated clips is scored by an evaluator trained on
 the real clips' pixels, and SSIM / PSNR / frame change compare decoded generated clips with the real clip of their
-caption. --autoencoder reuses a trained one (its folder) instead of training. --smoke: a tiny synthetic folder, a
+caption. --guidance G1 G2 scores the same trained model at each classifier-free guidance scale (default: the
+preset's). --autoencoder reuses a trained one (its folder) instead of training. --smoke: a tiny synthetic folder, a
 few steps of each stage, so the script is checked in seconds; it measures nothing.
 """
 from __future__ import annotations
@@ -87,6 +88,8 @@ def main() -> int:
     p.add_argument("--evaluator", default=None, metavar="PATH",
                    help="an evaluator.pt trained on the same clips to reuse (it is trained on the real clips only)")
     p.add_argument("--draws", type=int, default=3, help="caption draws (evaluate --seed 0..N-1), averaged")
+    p.add_argument("--guidance", type=float, nargs="+", default=[None],
+                   help="guidance scales to score the trained model at, each over every draw (default: the preset's)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--down", type=int, default=4)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -142,24 +145,28 @@ def main() -> int:
         times["evaluator"] = cli("train-evaluator", "--checkpoint", ckpt, *ev_steps, log=log)
         evaluator = os.path.join(os.path.dirname(ckpt), "evaluator.pt")
     num = ["--num_captions", "4", "--steps", "2"] if args.smoke else ["--num_captions", str(min(n, 32))]
-    draws = []
-    for seed in range(1 if args.smoke else args.draws):
-        report = os.path.join(work, f"eval_draw{seed}.json")
-        times[f"evaluate draw {seed}"] = cli("evaluate", "--checkpoint", ckpt, "--split", "train", "--seed", str(seed),
-                                             "--evaluator", evaluator, *num, "--out", report, log=log)
-        with open(report, encoding="utf-8") as f:
-            g = json.load(f)["groups"]["train"]
-        draws.append(g)
-        print(f"draw {seed} ({g['num_captions']} train captions): R@1 generated {g['generated_r1']:.3f} / real "
-              f"{g['real_r1']:.3f}; SSIM {g['ssim']:.3f}; PSNR {g['psnr']:.2f} dB; frame change "
-              f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}")
-    mean = {k: sum(g[k] for g in draws) / len(draws) for k in
-            ("generated_r1", "real_r1", "ssim", "psnr", "temporal_change_generated", "temporal_change_real")}
-    print(f"mean of {len(draws)} draws: R@1 generated {mean['generated_r1']:.3f} / real {mean['real_r1']:.3f} (ratio "
-          f"{mean['generated_r1'] / max(mean['real_r1'], 1e-9):.2f}); SSIM {mean['ssim']:.3f}; PSNR {mean['psnr']:.2f} "
-          f"dB; frame change {mean['temporal_change_generated']:.2f} vs real {mean['temporal_change_real']:.2f}")
+    for guidance in args.guidance:
+        draws, tag = [], "" if guidance is None else f"_g{guidance:g}"
+        for seed in range(1 if args.smoke else args.draws):
+            report = os.path.join(work, f"eval_draw{seed}{tag}.json")
+            scale = [] if guidance is None else ["--guidance", str(guidance)]
+            times[f"evaluate draw {seed}{tag}"] = cli("evaluate", "--checkpoint", ckpt, "--split", "train", "--seed",
+                                                      str(seed), "--evaluator", evaluator, *num, *scale,
+                                                      "--out", report, log=log)
+            with open(report, encoding="utf-8") as f:
+                g = json.load(f)["groups"]["train"]
+            draws.append(g)
+            print(f"draw {seed}{tag} ({g['num_captions']} train captions): R@1 generated {g['generated_r1']:.3f} / "
+                  f"real {g['real_r1']:.3f}; SSIM {g['ssim']:.3f}; PSNR {g['psnr']:.2f} dB; frame change "
+                  f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}")
+        mean = {k: sum(g[k] for g in draws) / len(draws) for k in
+                ("generated_r1", "real_r1", "ssim", "psnr", "temporal_change_generated", "temporal_change_real")}
+        print(f"mean of {len(draws)} draws{tag}: R@1 generated {mean['generated_r1']:.3f} / real {mean['real_r1']:.3f} "
+              f"(ratio {mean['generated_r1'] / max(mean['real_r1'], 1e-9):.2f}); SSIM {mean['ssim']:.3f}; PSNR "
+              f"{mean['psnr']:.2f} dB; frame change {mean['temporal_change_generated']:.2f} vs real "
+              f"{mean['temporal_change_real']:.2f}")
     print("wall-clock: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
-    print(f"grids (real | generated) in {os.path.join(work, 'eval_draw0_grids')}; log {log}")
+    print(f"grids (real | generated) in {work}/eval_draw0*_grids; log {log}")
     return 0
 
 
