@@ -21,7 +21,7 @@ class ConfigError(UserError):
     """A configuration mistake, naming the field."""
 
 
-REST_THRESHOLD = 2.0  # data.trim_still of the real-data presets: on real footage cuts rest poses, no signing (docs/own_data.md)
+REST_THRESHOLD = 2.0  # data.trim_still of the real presets: cuts real footage's rest poses, no signing (own_data.md)
 DEMO_DATA_DIR = "training_data/synthetic"  # the only folder the synthetic set is ever written into unasked
 MAX_FRAMES = 512  # clip length bound: 512 frames of 512x512 already take 400 MB per clip
 MAX_IMAGE_SIZE = 1024  # frame size bound: beyond any pixel-space video model, and its clips would not fit in memory

@@ -108,6 +108,12 @@ def scan_indices(durations: list[float]) -> list[int]:
     return list(range(n)) if n <= SCAN_FRAMES else sample_frame_indices(durations, SCAN_FRAMES)
 
 
+def scan_slices(durations: list[float]) -> list[float]:
+    """Each scanned frame's share of the clip's time: its own duration, or an equal share when the scan spread
+    SCAN_FRAMES frames over a longer clip."""
+    return durations if len(durations) <= SCAN_FRAMES else [sum(durations) / SCAN_FRAMES] * SCAN_FRAMES
+
+
 def load_clip(path: str, num_frames: int, image_size: int, resize_mode: str, max_pixels: int = 0,
               allow_stills: bool = True, trim_still: float = 0.0) -> np.ndarray:
     """Decode + preprocess one GIF or video: uint8 (num_frames, image_size, image_size, 3), decoding only the frames
@@ -121,8 +127,7 @@ def load_clip(path: str, num_frames: int, image_size: int, resize_mode: str, max
         frames, durations = read(path, lambda d: sample_frame_indices(d, num_frames), max_pixels)  # (T, h, w, 3)
     else:
         frames, durations = read(path, scan_indices, max_pixels)  # (K, h, w, 3)
-        # a scanned frame of a long clip stands for an equal share of its time
-        slices = durations if len(durations) <= SCAN_FRAMES else [sum(durations) / SCAN_FRAMES] * SCAN_FRAMES
+        slices = scan_slices(durations)
         lo, hi = moving_span(frames, trim_still)
         frames = frames[[lo + i for i in sample_frame_indices(slices[lo:hi + 1], num_frames)]]  # (T, h, w, 3)
     if len(durations) == 1 and not allow_stills:

@@ -6,7 +6,7 @@ after H.264 encoding, against how much the slowest synthetic signs change.
 
 --real: what each threshold does to real footage (e.g. ../shared/realdev/clips, read for measurement only): the
 share of frames trimmed, clips left whole, and how much the first and last kept frames still change (a rest pose
-left in changes little), how many of the 16 frames the `real` preset samples still look like the rest pose, and how
+left in changes little), how many of the frames the `real` preset samples still look like the rest pose, and how
 many trimmed frames look like signing (what a too-high threshold would cut).
 
 --smoke: 32 px and 8 frames only (the figures need 128 and 256 px): checks the script runs in seconds.
@@ -29,7 +29,7 @@ from utils.video import read_video, write_video  # noqa: E402
 
 
 REST_LIKE = 3.0  # grey levels (0-255) from a clip's first or last frame: H.264 noise and breathing, not a sign
-SIGNING_LIKE = 6.0  # ... from both: an arm away from rest (a clip's middle frame is a median 14 away, 7 at the 10th pct)
+SIGNING_LIKE = 6.0  # ... from both: an arm away from rest (a clip's middle frame: a median 14 away, 7 at the 10th pct)
 
 
 def change(frames: np.ndarray) -> np.ndarray:
@@ -65,33 +65,36 @@ def main() -> None:
 
 
 def real_footage(folder: str, thresholds: list[float]) -> None:
-    from dataset import SCAN_FRAMES, moving_span, sample_frame_indices, scan_indices
+    from config import PRESETS
+    from dataset import SCAN_FRAMES, moving_span, sample_frame_indices, scan_indices, scan_slices
     from utils.video import is_video
 
-    clips = []  # (the judged frames in grey, their change to the next frame, each frame's share of the clip's time)
+    num_frames = PRESETS["real"]().data.num_frames  # the frames `real` trains on
+    clips = []  # (judged frames in grey, their change to the next frame, each one's time share, distance from ends)
     for name in sorted(os.listdir(folder)):
         if is_video(name):
             frames, durations = read_video(os.path.join(folder, name), scan_indices)
-            slices = durations if len(durations) <= SCAN_FRAMES else [sum(durations) / SCAN_FRAMES] * SCAN_FRAMES
-            clips.append((frames.astype(np.float32).mean(axis=3), change(frames), slices))
+            grey = frames.astype(np.float32).mean(axis=3)  # (K, H, W)
+            from_ends = np.minimum(np.abs(grey - grey[0]).mean(axis=(1, 2)), np.abs(grey - grey[-1]).mean(axis=(1, 2)))
+            clips.append((grey, change(frames), scan_slices(durations), from_ends))
     print(f"{len(clips)} clips of {folder} (read for measurement only), {SCAN_FRAMES} frames judged at most; "
           f"rest-like = within {REST_LIKE} grey levels of the clip's first or last frame, signing-like = "
           f"{SIGNING_LIKE} or more from both")
     for threshold in thresholds:
         trimmed, whole, ends, rest_share, signing_cut = [], 0, [], [], 0
-        for grey, c, slices in clips:
+        for grey, c, slices, from_ends in clips:
             lo, hi = moving_span(grey[..., None], threshold)
             whole += (lo, hi) == (0, len(grey) - 1)
             trimmed.append(1 - (hi - lo + 1) / len(grey))
             ends += [c[lo], c[hi - 1]] if hi > lo else []
-            from_ends = np.minimum(np.abs(grey - grey[0]).mean(axis=(1, 2)), np.abs(grey - grey[-1]).mean(axis=(1, 2)))
-            kept = [lo + i for i in sample_frame_indices(slices[lo:hi + 1], 16)]  # the 16 frames `real` trains on
+            kept = [lo + i for i in sample_frame_indices(slices[lo:hi + 1], num_frames)]
             rest_share.append(float((from_ends[kept] < REST_LIKE).mean()))
             signing_cut += int((np.delete(from_ends, np.arange(lo, hi + 1)) >= SIGNING_LIKE).sum())
         print(f"trim_still {threshold:g}: frames trimmed median {100 * np.median(trimmed):.0f}% (mean "
               f"{100 * np.mean(trimmed):.0f}%), clips untrimmed {whole}, change at the kept ends median "
-              f"{np.median(ends):.2f}; of 16 sampled frames rest-like {np.mean(rest_share):.2f}; trimmed frames "
-              f"signing-like {signing_cut}")
+              f"{np.median(ends):.2f}; of {num_frames} sampled frames rest-like {np.mean(rest_share):.2f}; trimmed "
+              f"frames signing-like {signing_cut}")
+
 
 if __name__ == "__main__":
     main()
