@@ -149,9 +149,11 @@ class AutoencoderConfig:
     path: str = ""  # own: train-autoencoder's model folder (empty: this experiment's); kl / tiny: a hub name or folder
     down: int = 4  # own: spatial downsampling, 4 or 8 (a latent pixel stands for down x down frame pixels)
     latent_channels: int = 4  # own: channels per latent pixel; more keep more detail, fewer are easier to diffuse
+    time_down: int = 1  # own: consecutive frames per latent frame, 1 or 2: 2 halves the denoiser's frames and so its
+    #                     step cost (each latent frame holds a frame pair: give it twice the latent_channels)
     width: int = 32  # own: channels at full resolution (x2 per halving, at most x4); cost grows with its square
     steps: int = 3000  # train-autoencoder: optimizer steps
-    batch_frames: int = 16  # train-autoencoder: frames per step, drawn at random from the training clips
+    batch_frames: int = 16  # train-autoencoder: frame groups (time_down frames each) per step, drawn at random
     learning_rate: float = 2e-3  # train-autoencoder: peak AdamW learning rate (short warmup, then cosine to 0)
     kl_weight: float = 1e-4  # weight of the latents' KL to N(0, I): a smooth, bounded latent space for diffusion
     ssim_weight: float = 0.2  # weight of the 1 - SSIM loss beside L1: sharper edges (hands, faces) than L1 alone
@@ -225,6 +227,11 @@ class Config:
             ("autoencoder.down", self.autoencoder.kind == "none" or self.data.image_size % self.autoencoder.down == 0,
              "must divide data.image_size"),
             ("autoencoder.latent_channels", 1 <= self.autoencoder.latent_channels <= 64, "must be in [1, 64]"),
+            ("autoencoder.time_down", self.autoencoder.time_down in (1, 2), "must be 1 or 2"),
+            ("autoencoder.time_down", self.autoencoder.time_down == 1 or self.autoencoder.kind in ("none", "own"),
+             "must be 1 for a kl / tiny autoencoder (they code single frames)"),
+            ("autoencoder.time_down", self.data.num_frames % self.autoencoder.time_down == 0,
+             "must divide data.num_frames"),
             ("autoencoder.width", self.autoencoder.width >= 8 and self.autoencoder.width % 8 == 0,
              "must be a positive multiple of 8 (GroupNorm groups)"),
             ("autoencoder.learning_rate", 0 < self.autoencoder.learning_rate <= 1, "must be in (0, 1]"),

@@ -130,13 +130,15 @@ def check_autoencoder(cfg):
 
     model = load_autoencoder(ac)
     check_fits(cfg, model)
-    frame = torch.linspace(-1, 1, 3 * dc.image_size ** 2).reshape(1, 3, dc.image_size, dc.image_size)
+    channels = 3 * model.time_down  # a frame, or a frame pair stacked on the channels
+    frame = torch.linspace(-1, 1, channels * dc.image_size ** 2).reshape(1, channels, dc.image_size, dc.image_size)
     with torch.no_grad():
         z = model.encode(frame)
         back = model.decode(z)
     if back.shape != frame.shape or not torch.isfinite(back).all():
         return FAIL, f"{ac.path}: a {dc.image_size}px frame decodes to {tuple(back.shape)} (non-finite or resized)"
-    detail = f"{ac.kind} {ac.path}: {dc.image_size}px frames -> {tuple(z.shape[1:])} latents, round trip fine"
+    what = "frames" if model.time_down == 1 else f"frame groups of {model.time_down}"
+    detail = f"{ac.kind} {ac.path}: {dc.image_size}px {what} -> {tuple(z.shape[1:])} latents, round trip fine"
     meta = getattr(model, "meta", {})  # an own autoencoder's config.json; diffusers ones have none
     trained_on = meta.get("data_dir")
     if trained_on and os.path.abspath(trained_on) != os.path.abspath(dc.data_dir):

@@ -8,7 +8,8 @@ normalised to unit std for the denoiser, and decoded back to frames when samplin
 
 Another autoencoder (or the same one retrained) has another content hash and so another file; a clip added to the
 data folder is the only one encoded on the next start. The autoencoder is passed in (data/ may not import models/):
-any object with encode(frames (N, 3, H, W) in [-1, 1]) -> (N, C, h, w), decode(latents) and content_hash() works.
+any object with encode(frames (N, 3 x time_down, H, W) in [-1, 1]) -> (N, C, h, w), decode(latents), time_down and
+content_hash() works.
 """
 from __future__ import annotations
 
@@ -61,20 +62,26 @@ class LatentNorm:
         return cls(float(d["shift"]), float(d["scale"]))
 
 
-def per_frame(fn, clips: torch.Tensor, chunk: int = FRAME_CHUNK) -> torch.Tensor:
-    """Apply a per-frame map fn ((N, C, h, w) -> (N, C', h', w')) to clips (B, C, T, h, w), `chunk` frames a call:
-    (B, C', T, h', w')."""
-    B, _, T = clips.shape[:3]
-    frames = clips.transpose(1, 2).reshape(B * T, *clips.shape[1:2], *clips.shape[3:])
-    out = torch.cat([fn(frames[i:i + chunk]) for i in range(0, len(frames), chunk)])
-    return out.reshape(B, T, *out.shape[1:]).transpose(1, 2)
+def per_frame(fn, clips: torch.Tensor, chunk: int = FRAME_CHUNK, group: int = 1, split: int = 1) -> torch.Tensor:
+    """Apply a per-frame map fn ((N, C x group, h, w) -> (N, C' x split, h', w')) to clips (B, C, T, h, w), about
+    `chunk` frames a call: (B, C', T / group x split, h', w'). `group` consecutive frames go in stacked on the
+    channels, frame by frame (an autoencoder with time_down 2 encodes frame pairs), and each output's channels are
+    split into `split` consecutive frames (it decodes one latent frame to a pair)."""
+    B, C, T = clips.shape[:3]
+    groups = clips.transpose(1, 2).reshape(B * T // group, C * group, *clips.shape[3:])  # (B*T/g, g*C, h, w)
+    step = max(1, chunk // max(group, split))
+    out = torch.cat([fn(groups[i:i + step]) for i in range(0, len(groups), step)])  # (B*T/g, s*C', h', w')
+    out = out.reshape(B, T // group * split, out.shape[1] // split, *out.shape[2:])  # (B, T/g*s, C', h', w')
+    return out.transpose(1, 2)
 
 
 @torch.no_grad()
 def decode_clips(autoencoder, norm: LatentNorm, x: torch.Tensor) -> torch.Tensor:
-    """Model-space clips (B, C, T, h, w) -> frames (B, 3, T, H, W), decoded FRAME_CHUNK frames at a time."""
+    """Model-space clips (B, C, T, h, w) -> frames (B, 3, T x time_down, H, W), decoded FRAME_CHUNK frames at a
+    time."""
     dtype = next(autoencoder.parameters()).dtype
-    return per_frame(lambda z: autoencoder.decode(z.to(dtype)).float(), norm.from_model(x.float()))
+    return per_frame(lambda z: autoencoder.decode(z.to(dtype)).float(), norm.from_model(x.float()),
+                     split=autoencoder.time_down)
 
 
 def cache_path(cache_dir: str, store_root: str, autoencoder_hash: str) -> str:
@@ -148,7 +155,7 @@ class LatentDataset:
                 for i in tqdm(missing, desc="encoding latents", unit="clip", disable=quiet or None,
                               dynamic_ncols=True, leave=False):
                     video = pixels.get_batch(torch.tensor([i]), device=device)[0].to(dtype)
-                    z = per_frame(autoencoder.encode, video)[0]
+                    z = per_frame(autoencoder.encode, video, group=autoencoder.time_down)[0]
                     cached[keys[i]] = z.to("cpu", CACHE_DTYPE).contiguous()
             write_cache(path, cached)
         shapes = {tuple(cached[k].shape) for k in keys}

@@ -110,11 +110,11 @@ class SignPipeline:
         copies of one batch on the model's grid (doubled under guidance), that batch decoded to float32 frames (a
         latent model's) and every finished uint8 clip. A lower bound: the model's and the decoder's own activations
         come on top."""
-        C, T, G = model_input_shape(self.cfg)
-        S = self.cfg.data.image_size
+        C, F, G = model_input_shape(self.cfg)  # F: the model's frames (a time_down 2 autoencoder's: half of T)
+        T, S = self.cfg.data.num_frames, self.cfg.data.image_size
         copies = SAMPLER_COPIES * (1 if settings.guidance == 1.0 else 2)
         decoded = 0 if self.autoencoder is None else 3 * T * S * S * 4 * DECODED_COPIES
-        need = min(batch_size, num_clips) * (C * T * G * G * 4 * copies + decoded) + num_clips * T * S * S * 3
+        need = min(batch_size, num_clips) * (C * F * G * G * 4 * copies + decoded) + num_clips * T * S * S * 3
         free = available_memory(self.device)
         if free is not None and need > free:
             raise UserError(f"sampling {num_clips} clip(s) of {T}x{S}x{S}, {min(batch_size, num_clips)} at once, "

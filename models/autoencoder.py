@@ -1,12 +1,14 @@
 """Frame autoencoders for latent diffusion: the project's own small KL autoencoder and frozen diffusers ones.
 
-Every autoencoder here has one interface: `encode(frames (N, 3, H, W) in [-1, 1]) -> (N, C, H/down, W/down)`
-(unscaled latents: the posterior mean), `decode(latents) -> (N, 3, H, W)`, attributes `latent_channels`, `down` and
-`scaling_factor` / `shift_factor` (a diffusion model trains on (latents - shift) x scale: unit std) and
+Every autoencoder here has one interface: `encode(frames (N, 3 x time_down, H, W) in [-1, 1]) -> (N, C, H/down,
+W/down)` (unscaled latents: the posterior mean), `decode(latents) -> (N, 3 x time_down, H, W)`, attributes
+`latent_channels`, `down`, `time_down` (consecutive frames per latent frame, stacked on the channels frame by frame:
+data.latents.per_frame groups them) and `scaling_factor` / `shift_factor` (a diffusion model trains on (latents - shift) x scale: unit std) and
 `content_hash()` (weights + config, for cache keys). `load_autoencoder` returns one frozen in eval mode, or None for
 autoencoder.kind "none".
 
-The own autoencoder is per-frame 2D: GroupNorm + SiLU residual blocks, strided-conv downsampling, nearest + conv
+The own autoencoder is 2D, on one frame or a frame pair (time_down 2: the pair's 6 channels in, one latent frame
+out, so the denoiser sees half the frames): GroupNorm + SiLU residual blocks, strided-conv downsampling, nearest + conv
 upsampling (no transposed convolutions: their checkerboard is what a sampler's imperfect latents bring out), and a
 diagonal Gaussian posterior whose small KL keeps the latent space smooth and bounded. It is saved as a folder:
 model.safetensors + config.json (never a pickle).
@@ -58,11 +60,12 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(N, 3, H, W) -> (N, 2C, H/down, W/down): the posterior's mean and log-variance, stacked on the channels."""
+    """(N, 3 x frames, H, W) -> (N, 2C, H/down, W/down): the posterior's mean and log-variance, stacked on the
+    channels."""
 
-    def __init__(self, chans: list[int], latent_channels: int):
+    def __init__(self, chans: list[int], latent_channels: int, frames: int = 1):
         super().__init__()
-        self.conv_in = nn.Conv2d(3, chans[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(3 * frames, chans[0], 3, padding=1)
         layers = []
         for i, c in enumerate(chans):  # no residual block at full size: its cost, not its gain, is large there
             if i:
@@ -78,9 +81,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(N, C, h, w) latents -> (N, 3, h*down, w*down) frames; mirrors the encoder with nearest + conv upsampling."""
+    """(N, C, h, w) latents -> (N, 3 x frames, h*down, w*down) frames; mirrors the encoder with nearest + conv
+    upsampling."""
 
-    def __init__(self, chans: list[int], latent_channels: int):
+    def __init__(self, chans: list[int], latent_channels: int, frames: int = 1):
         super().__init__()
         self.conv_in = nn.Conv2d(latent_channels, chans[-1], 3, padding=1)
         layers = [ResBlock(chans[-1], chans[-1])]
@@ -90,26 +94,27 @@ class Decoder(nn.Module):
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chans[i], chans[i - 1], 3, padding=1)]
         self.body = nn.Sequential(*layers)
         self.norm_out = nn.GroupNorm(GROUPS, chans[0])
-        self.conv_out = nn.Conv2d(chans[0], 3, 3, padding=1)
+        self.conv_out = nn.Conv2d(chans[0], 3 * frames, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(z)))))
 
 
 class FrameAutoencoder(nn.Module):
-    """The project's own per-frame KL autoencoder (down 4 or 8); see the module docstring."""
+    """The project's own KL autoencoder of frames or frame pairs (down 4 or 8); see the module docstring."""
 
     def __init__(self, down: int = 4, latent_channels: int = 4, width: int = 32, scaling_factor: float = 1.0,
-                 shift_factor: float = 0.0):
+                 shift_factor: float = 0.0, time_down: int = 1):
         super().__init__()
-        if down not in (4, 8):
-            raise ValueError(f"down must be 4 or 8, got {down}")
-        self.down, self.latent_channels, self.width = down, latent_channels, width
+        if down not in (4, 8) or time_down not in (1, 2):
+            raise ValueError(f"down must be 4 or 8 and time_down 1 or 2, got {down}, {time_down}")
+        self.down, self.latent_channels, self.width, self.time_down = down, latent_channels, width, time_down
         # 1 / std and mean of the val latents, measured when training ends
         self.scaling_factor, self.shift_factor = float(scaling_factor), float(shift_factor)
         self.meta: dict = {}  # from_folder: the folder's config.json
         chans = widths(width, down)
-        self.encoder, self.decoder = Encoder(chans, latent_channels), Decoder(chans, latent_channels)
+        self.encoder = Encoder(chans, latent_channels, time_down)
+        self.decoder = Decoder(chans, latent_channels, time_down)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -128,8 +133,11 @@ class FrameAutoencoder(nn.Module):
         nn.init.normal_(self.encoder.conv_out.weight, std=1e-3)  # not zero: the encoder's gradients need a path
 
     def config(self) -> dict:
+        """The constructor's arguments (time_down only when 2: a frame autoencoder's folder and content hash stay
+        what they were before frame pairs existed, so its caches and checkpoints stay valid)."""
+        pairs = {"time_down": self.time_down} if self.time_down != 1 else {}
         return {"down": self.down, "latent_channels": self.latent_channels, "width": self.width,
-                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor}
+                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor, **pairs}
 
     def posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar), each (N, C, H/down, W/down)."""
@@ -190,7 +198,8 @@ class FrameAutoencoder(nn.Module):
         if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{folder}/{CONFIG_FILE} is not a {FORMAT} v{FORMAT_VERSION} config: {how}")
         try:
-            model = cls(*(cfg[k] for k in ("down", "latent_channels", "width", "scaling_factor", "shift_factor")))
+            model = cls(*(cfg[k] for k in ("down", "latent_channels", "width", "scaling_factor", "shift_factor")),
+                        time_down=cfg.get("time_down", 1))
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{folder}/{CONFIG_FILE} lacks or mangles a field ({err}): {how}") from None
         own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -221,6 +230,7 @@ class DiffusersAutoencoder(nn.Module):
         cfg = vae.config
         self.latent_channels = int(cfg.latent_channels)
         self.down = 2 ** (len(cfg.block_out_channels) - 1)  # one halving per block after the first (KL and Tiny)
+        self.time_down = 1  # image autoencoders: one frame per latent frame
         self.scaling_factor = float(cfg.scaling_factor)
         self.shift_factor = float(getattr(cfg, "shift_factor", None) or 0.0)  # SD3 / Flux VAEs shift, SD's do not
 

@@ -40,7 +40,7 @@ def check_model_config(cfg: Config) -> None:
         raise ConfigError(f"model.arch={m.arch!r} must be one of {', '.join(MODELS)}")
     family, size = MODELS[m.arch]
     frames, pixels = family.multiples(size)
-    grid = model_input_shape(cfg)[2]
+    _, model_frames, grid = model_input_shape(cfg)
     if grid % pixels and cfg.autoencoder.kind == "none":
         raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of {pixels} for "
                           f"model.arch={m.arch} (its patch / downsampling size)")
@@ -48,8 +48,9 @@ def check_model_config(cfg: Config) -> None:
         raise ConfigError(f"data.image_size={cfg.data.image_size} / autoencoder.down={cfg.autoencoder.down} = a "
                           f"{grid}x{grid} latent grid, which must be a multiple of {pixels} for model.arch={m.arch} "
                           f"(its patch / downsampling size): raise data.image_size or pick a smaller patch")
-    if cfg.data.num_frames % frames:
-        raise ConfigError(f"data.num_frames={cfg.data.num_frames} must be a multiple of {frames} for "
+    if model_frames % frames:
+        per = "" if model_frames == cfg.data.num_frames else f" / autoencoder.time_down={cfg.autoencoder.time_down}"
+        raise ConfigError(f"data.num_frames={cfg.data.num_frames}{per} must be a multiple of {frames} for "
                           f"model.arch={m.arch} (its tubelet length)")
     for field in DESIGN_FIELDS + INIT_FIELDS:
         honoured = field in family.OPTIONS or getattr(family, "INIT_FIELD", None) == field
@@ -60,19 +61,19 @@ def check_model_config(cfg: Config) -> None:
 
 def model_input_shape(cfg: Config) -> tuple[int, int, int]:
     """(channels, frames, size) of the clips the denoiser sees: RGB pixels, or with an autoencoder its latent grid
-    (autoencoder.latent_channels of data.image_size / autoencoder.down; the trainer checks the loaded autoencoder
-    agrees). The one place this is decided: model, memory estimates and samplers all ask it."""
+    (autoencoder.latent_channels of data.num_frames / autoencoder.time_down frames of data.image_size /
+    autoencoder.down; the trainer checks the loaded autoencoder agrees). The one place this is decided: model, memory estimates and samplers all ask it."""
     ac, dc = cfg.autoencoder, cfg.data
     if ac.kind == "none":
         return 3, dc.num_frames, dc.image_size
-    return ac.latent_channels, dc.num_frames, dc.image_size // ac.down
+    return ac.latent_channels, dc.num_frames // ac.time_down, dc.image_size // ac.down
 
 
 def check_autoencoder(cfg: Config, autoencoder) -> None:
-    """The loaded autoencoder makes the latents model_input_shape promised (autoencoder.latent_channels and .down
-    describe the model grid before any autoencoder is loaded; a kl / tiny one's own config decides them)."""
+    """The loaded autoencoder makes the latents model_input_shape promised (autoencoder.latent_channels, .down and
+    .time_down describe the model grid before any autoencoder is loaded; a kl / tiny one's own config decides them)."""
     ac = cfg.autoencoder
-    for field in ("down", "latent_channels"):
+    for field in ("down", "latent_channels", "time_down"):
         if getattr(autoencoder, field) != getattr(ac, field):
             raise ConfigError(f"autoencoder.{field}={getattr(ac, field)} but the {ac.kind} autoencoder "
                               f"{ac.path} has {field} {getattr(autoencoder, field)}: set "

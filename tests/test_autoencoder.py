@@ -34,6 +34,31 @@ def test_encode_decode_shapes_and_hash(down):
     assert model.content_hash() != key
 
 
+def test_frame_pairs_are_stacked_and_split_in_order():
+    """time_down 2: frames 2k and 2k+1 go in as one 6-channel group (training draws them in the order encoding stacks
+    them) and one latent frame decodes to the pair; a frame autoencoder's config and hash do not name time_down."""
+    from data.latents import per_frame
+    from methods.training.autoencoder import frames_of, ungroup
+
+    torch.manual_seed(0)
+    clips = torch.randn(2, 3, 6, 8, 8)  # (B, C, T, H, W)
+    groups = per_frame(lambda g: g, clips, group=2)  # (2, 6, 3, 8, 8): channels frame by frame
+    assert torch.equal(groups[1, :3, 2], clips[1, :, 4]) and torch.equal(groups[1, 3:, 2], clips[1, :, 5])
+    assert torch.equal(per_frame(lambda g: g, groups, split=2), clips)
+
+    class Clips:  # a split's uint8 clips (N, T, H, W, 3), as SignDataset holds them
+        clips = torch.arange(3 * 4 * 2 * 2 * 3, dtype=torch.uint8).reshape(3, 4, 2, 2, 3)
+    drawn = frames_of(Clips, torch.tensor([5, 0]), group=2)  # clip 2's second pair, clip 0's first
+    pixels = Clips.clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (N, 3, T, H, W)
+    assert torch.equal(drawn, per_frame(lambda g: g, pixels, group=2)[[2, 0], :, [1, 0]])
+    assert torch.equal(ungroup(drawn, 2)[1], pixels[2, :, 3])
+
+    pair = FrameAutoencoder(4, 8, 16, time_down=2).eval()
+    z = pair.encode(torch.rand(5, 6, 16, 16) * 2 - 1)
+    assert z.shape == (5, 8, 4, 4) and pair.decode(z).shape == (5, 6, 16, 16)
+    assert pair.config()["time_down"] == 2 and "time_down" not in FrameAutoencoder(4, 4, 16).config()
+
+
 def ae_overrides(tmp_path, data_dir, steps=4, **extra):
     values = {"data.data_dir": data_dir, "data.image_size": 16, "data.num_frames": 4, "data.val_fraction": 0.1,
               "data.cache_dir": tmp_path.parent / "ae_cache", "train.exp_name": "ae",
@@ -86,6 +111,17 @@ def test_train_resume_exactly_and_load(tmp_path, synth_dir):
     again = in_process("train-autoencoder", *sets(ae_overrides(whole, synth_dir)))
     assert again.returncode == 2 and "already holds an autoencoder run" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_frame_pair_autoencoder_trains_and_loads(tmp_path, synth_dir):
+    done = in_process("train-autoencoder", *sets(ae_overrides(tmp_path, synth_dir, steps=2, **{
+        "autoencoder.time_down": 2, "autoencoder.latent_channels": 8, "autoencoder.decoder_steps": 1,
+        "train.tensorboard": False})))
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = done.stdout.strip().splitlines()[-1]
+    model = load_autoencoder(AutoencoderConfig(kind="own", path=folder))
+    assert (model.time_down, model.latent_channels) == (2, 8)
+    assert json.load(open(os.path.join(folder, "config.json")))["time_down"] == 2
 
 
 def test_decoder_steps_leave_the_encoder_and_so_the_latents(tmp_path, synth_dir):

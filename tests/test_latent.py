@@ -109,6 +109,42 @@ def test_decoded_samples_are_frames_of_the_autoencoder(tmp_path, synth_dir, tiny
     assert torch.allclose(pipe.decode(x)[0].transpose(0, 1), expected, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def pair_autoencoder_dir(tmp_path_factory):
+    """A random own autoencoder of frame pairs (time_down 2, 8 channels): half the frames reach the denoiser."""
+    torch.manual_seed(0)
+    model = FrameAutoencoder(down=4, latent_channels=8, width=8, time_down=2)
+    torch.nn.init.normal_(model.encoder.conv_out.weight, std=0.05)
+    folder = tmp_path_factory.mktemp("pair_autoencoder")
+    model.save(str(folder))
+    return str(folder)
+
+
+def test_frame_pair_latents_train_and_sample(tmp_path, synth_dir, tiny_encoder, pair_autoencoder_dir, encode_calls):
+    """time_down 2: each clip's 4 frames are encoded as 2 pairs, the denoiser works on 2 latent frames, and samples
+    decode to the data's 4 frames, pair by pair in order."""
+    from methods.pipeline import SignPipeline
+
+    over = latent_overrides(tmp_path, synth_dir, tiny_encoder, pair_autoencoder_dir, **{
+        "train.max_steps": 2, "autoencoder.time_down": 2, "autoencoder.latent_channels": 8})
+    done = in_process("train", *sets(over))
+    assert done.returncode == 0, done.stderr[-2000:]
+    full = load_checkpoint(str(tmp_path / "checkpoints" / "tiny" / "final.pt"))
+    assert encode_calls == [2] * full["num_clips"]  # one call of 2 pairs per clip
+    pipe = SignPipeline.from_pretrained(str(tmp_path / "checkpoints" / "tiny" / "final.pt"))
+    assert pipe.model.in_channels == 8 and pipe.autoencoder.time_down == 2
+    assert pipe(["hello"], seed=0).shape == (1, 4, 16, 16, 3)
+    x = torch.randn(1, 8, 2, 4, 4)  # (B, C, T/2, h, w)
+    pairs = pipe.autoencoder.decode(pipe.latent_norm.from_model(x)[0].transpose(0, 1))  # (2, 6, 16, 16)
+    frames = pipe.decode(x)[0].transpose(0, 1)  # (4, 3, 16, 16)
+    assert torch.allclose(frames, pairs.reshape(4, 3, 16, 16), atol=1e-5)
+
+    odd = latent_overrides(tmp_path, synth_dir, tiny_encoder, pair_autoencoder_dir,
+                           **{"autoencoder.latent_channels": 8, "train.exp_name": "single"})
+    done = in_process("train", *sets(odd))  # the config says single frames, the folder holds a pair autoencoder
+    assert done.returncode == 2 and "set autoencoder.time_down=2" in done.stderr, done.stderr
+
+
 def test_latent_grid_must_fit_the_patch(tmp_path, synth_dir, tiny_encoder, autoencoder_dir):
     over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"autoencoder.down": 8})
     with pytest.raises(ConfigError, match="2x2 latent grid, which must be a multiple of 4"):

@@ -1,7 +1,8 @@
 """`train-autoencoder`: the project's own frame autoencoder (models/autoencoder.py) trained on a data folder's frames.
 
 Frames come from data.data_dir's clips as `train` decodes them (dataset.SignDataset: decoded once into the clip store,
-at data.image_size): the train split trains, the val split scores. Each step draws autoencoder.batch_frames frames at
+at data.image_size): the train split trains, the val split scores. Each step draws autoencoder.batch_frames frame
+groups (autoencoder.time_down consecutive frames: the 1st and 2nd, 3rd and 4th, ..., as the clips are encoded) at
 random from one saved torch.Generator, which also draws the posterior samples, so `--resume` continues exactly.
 Loss: L1 + autoencoder.ssim_weight x (1 - SSIM) + autoencoder.kl_weight x KL(posterior || N(0, I)).
 
@@ -47,12 +48,20 @@ STRIP_FRAMES = 8  # frames on the real-vs-reconstructed strip
 STATE_KIND = "text2sign-autoencoder-run"
 
 
-def frames_of(data: SignDataset, index: torch.Tensor) -> torch.Tensor:
-    """Frames number `index` (flat over clip x frame) of a split: float (N, 3, H, W) in [-1, 1]."""
-    t = data.clips.shape[1]
-    clips = data.clips[index // t]  # (N, T, H, W, 3) uint8
-    picked = clips[torch.arange(len(index)), index % t]  # (N, H, W, 3)
-    return to_unit_range(picked[:, None])[:, :, 0]  # (N, 1, H, W, 3) -> (N, 3, 1, H, W) -> (N, 3, H, W)
+def frames_of(data: SignDataset, index: torch.Tensor, group: int = 1) -> torch.Tensor:
+    """Frame groups number `index` (flat over clip x group) of a split, each `group` consecutive frames stacked on the
+    channels frame by frame as data.latents.per_frame stacks them: float (N, 3 x group, H, W) in [-1, 1]."""
+    per_clip = data.clips.shape[1] // group
+    clips = data.clips[index // per_clip]  # (N, T, H, W, 3) uint8
+    first = (index % per_clip) * group
+    picked = clips[torch.arange(len(index))[:, None], first[:, None] + torch.arange(group)]  # (N, g, H, W, 3)
+    x = to_unit_range(picked)  # (N, 3, g, H, W)
+    return x.transpose(1, 2).reshape(len(index), 3 * group, *x.shape[3:])  # (N, g*3, H, W)
+
+
+def ungroup(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Frame groups (N, 3 x group, H, W) -> the frames (N x group, 3, H, W), in order."""
+    return x.reshape(len(x) * group, 3, *x.shape[2:])
 
 
 def random_crops(frames: torch.Tensor, size: int, grid: int, generator: torch.Generator) -> torch.Tensor:
@@ -86,7 +95,7 @@ class AutoencoderRun:
         if len(self.val_data) == 0:  # a tiny set: score on training frames, and say so
             self.val_data, self.val_name = self.train_data, "train (no val clips)"
         torch.manual_seed(tc.seed)
-        self.model = FrameAutoencoder(ac.down, ac.latent_channels, ac.width).to(self.device)
+        self.model = FrameAutoencoder(ac.down, ac.latent_channels, ac.width, time_down=ac.time_down).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=ac.learning_rate, weight_decay=0.0,
                                            foreach=True)
         self.generator = torch.Generator().manual_seed(tc.seed)
@@ -127,8 +136,9 @@ class AutoencoderRun:
         ac = self.cfg.autoencoder
         for group in self.optimizer.param_groups:
             group["lr"] = ac.learning_rate * self.lr_scale()
-        total = len(self.train_data) * self.train_data.clips.shape[1]
-        x = frames_of(self.train_data, torch.randint(total, (ac.batch_frames,), generator=self.generator))
+        total = len(self.train_data) * self.train_data.clips.shape[1] // ac.time_down
+        x = frames_of(self.train_data, torch.randint(total, (ac.batch_frames,), generator=self.generator),
+                      ac.time_down)
         if ac.crop:
             x = random_crops(x, ac.crop, ac.down, self.generator)
         x = x.to(self.device)
@@ -167,14 +177,15 @@ class AutoencoderRun:
         """PSNR / SSIM of the decoded (uint8) val frames against the real ones, the posterior means' mean and std,
         and the real and decoded frames for the strip (the first of every clip in view)."""
         self.model.eval()
-        total = len(self.val_data) * self.val_data.clips.shape[1]
-        index = torch.linspace(0, total - 1, min(total, max_frames)).round().long()
+        g = self.cfg.autoencoder.time_down
+        total = len(self.val_data) * self.val_data.clips.shape[1] // g
+        index = torch.linspace(0, total - 1, min(total, max_frames // g)).round().long()
         real, fake, latents = [], [], []
-        for chunk in index.split(64):
-            x = frames_of(self.val_data, chunk).to(self.device)
+        for chunk in index.split(64 // g):
+            x = frames_of(self.val_data, chunk, g).to(self.device)
             z = self.model.encode(x)
-            real.append(to_uint8(x[:, :, None])[:, 0])  # (N, 3, 1, H, W) -> (N, H, W, 3) uint8
-            fake.append(to_uint8(self.model.decode(z)[:, :, None])[:, 0])
+            real.append(to_uint8(ungroup(x, g)[:, :, None])[:, 0])  # (N, 3, 1, H, W) -> (N, H, W, 3) uint8
+            fake.append(to_uint8(ungroup(self.model.decode(z), g)[:, :, None])[:, 0])
             latents.append(z.float().cpu())
         self.model.train()
         real, fake, z = np.concatenate(real), np.concatenate(fake), torch.cat(latents)
@@ -184,7 +195,7 @@ class AutoencoderRun:
         return {"psnr": 100.0 if mse == 0 else min(100.0, 10 * math.log10(255.0**2 / mse)),
                 "latent_roughness": float(rough.std() / z.std()),  # neighbours' difference / spread: 0 smooth
                 "ssim": float(ssim(to_t(real), to_t(fake), data_range=255.0).mean()),
-                "latent_mean": float(z.mean()), "latent_std": float(z.std()), "frames": len(index),
+                "latent_mean": float(z.mean()), "latent_std": float(z.std()), "frames": len(real),
                 "real": real, "fake": fake}
 
     def state_dict(self) -> dict:

@@ -60,8 +60,8 @@ def estimate_memory(cfg: Config, model) -> int:
     """Bytes for one training step: parameters, grads, AdamW, EMA (fp32) plus the activations a step keeps."""
     n_params = sum(p.numel() for p in model.parameters())
     text_dim = model.text_embedder.null_pooled.shape[0]
-    activations = saved_activation_values(model, cfg.train.batch_size, cfg.data.num_frames, model_input_shape(cfg)[2],
-                                          cfg.text.max_length, text_dim)
+    _, frames, grid = model_input_shape(cfg)
+    activations = saved_activation_values(model, cfg.train.batch_size, frames, grid, cfg.text.max_length, text_dim)
     return n_params * BYTES_PER_PARAM_TRAINING + 4 * activations
 
 
