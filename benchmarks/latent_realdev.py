@@ -86,7 +86,8 @@ def main() -> int:
     p.add_argument("--ae-steps", dest="ae_steps", type=int, default=None,
                    help="autoencoder training steps (default: the real preset's autoencoder.steps)")
     p.add_argument("--evaluator", default=None, metavar="PATH",
-                   help="an evaluator.pt trained on the same clips to reuse (it is trained on the real clips only)")
+                   help="an evaluator.pt trained on the same subset to reuse (it is trained on the real clips only); "
+                        "the model is scored on the clip folder it was trained on")
     p.add_argument("--draws", type=int, default=3, help="caption draws (evaluate --seed 0..N-1), averaged")
     p.add_argument("--guidance", type=float, nargs="+", default=[None],
                    help="guidance scales to score the trained model at, each over every draw (default: the preset's)")
@@ -139,8 +140,12 @@ def main() -> int:
     print(f"latent training: {steps} steps in {times['latent training']:.0f} s "
           f"({times['latent training'] / steps:.2f} s/step including start-up)")
     ckpt = os.path.join(work, "checkpoints", "latent", "final.pt")
-    evaluator = args.evaluator
-    if evaluator is None:
+    evaluator, same_clips = args.evaluator, []
+    if evaluator is not None:  # it was trained on another work folder's copy of the clips: score on that copy
+        from methods.evaluation.store import load_evaluator
+
+        same_clips = ["--data", load_evaluator(evaluator)[1].get("data_dir", data)]
+    else:
         ev_steps = ["--set", "eval.evaluator_steps=5"] if args.smoke else []
         times["evaluator"] = cli("train-evaluator", "--checkpoint", ckpt, *ev_steps, log=log)
         evaluator = os.path.join(os.path.dirname(ckpt), "evaluator.pt")
@@ -151,7 +156,7 @@ def main() -> int:
             report = os.path.join(work, f"eval_draw{seed}{tag}.json")
             scale = [] if guidance is None else ["--guidance", str(guidance)]
             times[f"evaluate draw {seed}{tag}"] = cli("evaluate", "--checkpoint", ckpt, "--split", "train", "--seed",
-                                                      str(seed), "--evaluator", evaluator, *num, *scale,
+                                                      str(seed), "--evaluator", evaluator, *same_clips, *num, *scale,
                                                       "--out", report, log=log)
             with open(report, encoding="utf-8") as f:
                 g = json.load(f)["groups"]["train"]
