@@ -49,7 +49,7 @@ def main() -> int:
 
     from methods.evaluation.metrics import psnr, ssim
     from methods.run_config import load_config
-    from methods.training.autoencoder import SUFFIX, frames_of, train_autoencoder
+    from methods.training.autoencoder import SUFFIX, frames_of, train_autoencoder, ungroup
     from dataset import SignDataset
     from models.autoencoder import load_autoencoder
     from utils.pixels import to_uint8
@@ -65,7 +65,7 @@ def main() -> int:
     cfg = load_config("real", overrides)
     ac = cfg.autoencoder
     print(f"autoencoder: down {ac.down}, {ac.latent_channels} latent channels, width {ac.width}, {ac.batch_frames} "
-          f"frames/step, lr {ac.learning_rate}, kl {ac.kl_weight}, ssim {ac.ssim_weight}; {args.size}x{args.size}, "
+          f"frame groups of {ac.time_down}/step, lr {ac.learning_rate}, kl {ac.kl_weight}, ssim {ac.ssim_weight}; {args.size}x{args.size}, "
           f"{args.budget:.0f} s on {args.threads} threads (the decoder-only steps are not run under a time budget)")
     info = train_autoencoder(cfg, budget_s=args.budget, quiet=True)
     print(f"parameters: {info['params'] / 1e6:.2f}M\nsteps: {info['step']} in {info['seconds']:.0f} s "
@@ -78,16 +78,18 @@ def main() -> int:
     model = load_autoencoder(type(ac)(kind="own", path=info["path"]))
     val = SignDataset(cfg.data, "val", quiet=True)
     val = val if len(val) else SignDataset(cfg.data, "train", quiet=True)
-    total = len(val) * val.clips.shape[1]
-    index = torch.linspace(0, total - 1, min(total, 256)).round().long()
+    g = model.time_down  # frames per group (2: the autoencoder codes frame pairs)
+    total = len(val) * val.clips.shape[1] // g
+    index = torch.linspace(0, total - 1, min(total, 256 // g)).round().long()
+    frames = lambda groups: to_uint8(ungroup(groups, g)[:, :, None])[:, 0]  # noqa: E731 (N*g, H, W, 3) uint8
     with torch.no_grad():
-        x = frames_of(val, index)
-        real = to_uint8(x[:, :, None])[:, 0]  # (N, 3, 1, H, W) -> (N, H, W, 3)
+        x = frames_of(val, index, g)
+        real = frames(x)
         z = model.encode(x)
-        fake = to_uint8(model.decode(z)[:, :, None])[:, 0]
+        fake = frames(model.decode(z))
         # what a sampler's imperfect latents do to the frames: the same latents with noise of 0.2 x their std
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
-        noisy = to_uint8(model.decode(z + 0.2 * z.std() * noise)[:, :, None])[:, 0]
+        noisy = frames(model.decode(z + 0.2 * z.std() * noise))
     print(f"check (saved folder, metrics.py): PSNR {psnr(real, fake):.2f} dB, SSIM {ssim(real, fake).mean():.4f}")
     print(f"robustness (latents + 0.2 std noise, decoded): PSNR {psnr(real, noisy):.2f} dB, SSIM "
           f"{ssim(real, noisy).mean():.4f}")
