@@ -296,30 +296,34 @@ def demo() -> Config:
 def real() -> Config:
     """Your own sign footage in training_data/ (GIFs or videos + captions): 16 frames of 64x64, where a signer's hands
     are several pixels wide (at 32x32 they are 1-2), diffused in the latent space of the project's own autoencoder
-    (4x down, 4 channels: 16x16x4 latents), which `python main.py train-autoencoder --preset real` trains first on
-    the same folder in about 10 CPU minutes (autoencoder.path empty: this experiment's). A latent step of the 0.94M
+    (4x down, frame pairs, 8 channels: 8 latent frames of 16x16x8), which `python main.py train-autoencoder --preset
+    real` trains first on the same folder in about 10 CPU minutes (autoencoder.path empty: this experiment's). A latent step of the 0.94M
     U-Net costs a fraction of a second on 2 cores where a pixel step of the 3.3M one cost 15.7 s (docs/latent.md);
     `--set autoencoder.kind=none` trains on pixels. The demo's recipe otherwise; captions normalised (case,
     punctuation), rest poses at both ends trimmed, prompts from the data's own captions."""
     cfg = demo()
     cfg.data = DataConfig(data_dir="training_data", num_frames=16, image_size=64, caption_normalize=True,
                           trim_still=REST_THRESHOLD)
-    # 32-pixel crops: 32 of them cost what 8 whole frames do and train faster (docs/latent.md); latent noise: a
-    # decoder that does not turn a sampler's small latent errors into a texture
-    cfg.autoencoder = AutoencoderConfig(kind="own", steps=900, batch_frames=32, crop=32, latent_noise=0.1,
-                                        decoder_steps=400, decoder_noise=0.5)
+    # frame pairs (8 channels): half the frames reach the denoiser, so a step costs 0.21 s instead of 0.31 and the same
+    # time shows each caption more often; 32-pixel crops: 32 of them cost what 8 whole frames do and train faster;
+    # latent noise and the decoder-only steps: a decoder that does not turn a sampler's latent errors into a texture
+    # (docs/latent.md); 700 + 300 steps leave the diffusion 5,000 steps within 30 CPU minutes on 344 clips
+    cfg.autoencoder = AutoencoderConfig(kind="own", latent_channels=8, time_down=2, steps=700, batch_frames=32,
+                                        crop=32, latent_noise=0.1, decoder_steps=300, decoder_noise=0.5)
     cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)
-    cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=4000, batch_size=8, lr=1e-3, warmup_steps=100,
+    cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=5000, batch_size=8, lr=1e-3, warmup_steps=100,
                             ema_decay=0.995, sample_every=1000, checkpoint_every=1000, sample_prompts=())
     return cfg
 
 
 def real_large() -> Config:
-    """`real` at 16 frames of 128x128 through an 8x-down own autoencoder (the same 16x16x4 latent grid: hands twice
-    as sharp for the same diffusion cost), on the 91.1M-parameter U-Net: a GPU job (bf16 there)."""
+    """`real` at 16 frames of 128x128 through an 8x-down own autoencoder of single frames (a 16x16x4 latent grid per
+    frame, as measured at 128 px in docs/latent.md: hands twice as sharp), on the 91.1M-parameter U-Net: a GPU job
+    (bf16 there)."""
     cfg = real()
     cfg.data.image_size = 128
-    cfg.autoencoder = dataclasses.replace(cfg.autoencoder, down=8, crop=64, steps=3000)
+    cfg.autoencoder = dataclasses.replace(cfg.autoencoder, down=8, latent_channels=4, time_down=1, crop=64, steps=3000,
+                                          decoder_steps=400)
     cfg.model = ModelConfig(arch="UNet3D-B", text_alignment=True)
     cfg.train = dataclasses.replace(cfg.train, exp_name="real-large", max_steps=100000, batch_size=16, lr=2e-4,
                                     warmup_steps=1000, ema_decay=0.9999, sample_every=5000, checkpoint_every=5000)
