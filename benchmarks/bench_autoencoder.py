@@ -49,10 +49,9 @@ def main() -> int:
 
     from methods.evaluation.metrics import psnr, ssim
     from methods.run_config import load_config
-    from methods.training.autoencoder import SUFFIX, frames_of, train_autoencoder, ungroup
+    from methods.training.autoencoder import SUFFIX, frames_of, train_autoencoder, uint8_frames
     from dataset import SignDataset
     from models.autoencoder import load_autoencoder
-    from utils.pixels import to_uint8
 
     torch.set_num_threads(args.threads)
     out = args.out or tempfile.mkdtemp(prefix="bench_autoencoder_")
@@ -65,7 +64,8 @@ def main() -> int:
     cfg = load_config("real", overrides)
     ac = cfg.autoencoder
     print(f"autoencoder: down {ac.down}, {ac.latent_channels} latent channels, width {ac.width}, {ac.batch_frames} "
-          f"frame groups of {ac.time_down}/step, lr {ac.learning_rate}, kl {ac.kl_weight}, ssim {ac.ssim_weight}; {args.size}x{args.size}, "
+          f"frame groups of {ac.time_down}/step, lr {ac.learning_rate}, kl {ac.kl_weight}, ssim {ac.ssim_weight}; "
+          f"{args.size}x{args.size}, "
           f"{args.budget:.0f} s on {args.threads} threads (the decoder-only steps are not run under a time budget)")
     info = train_autoencoder(cfg, budget_s=args.budget, quiet=True)
     print(f"parameters: {info['params'] / 1e6:.2f}M\nsteps: {info['step']} in {info['seconds']:.0f} s "
@@ -81,15 +81,14 @@ def main() -> int:
     g = model.time_down  # frames per group (2: the autoencoder codes frame pairs)
     total = len(val) * val.clips.shape[1] // g
     index = torch.linspace(0, total - 1, min(total, 256 // g)).round().long()
-    frames = lambda groups: to_uint8(ungroup(groups, g)[:, :, None])[:, 0]  # noqa: E731 (N*g, H, W, 3) uint8
     with torch.no_grad():
         x = frames_of(val, index, g)
-        real = frames(x)
+        real = uint8_frames(x, g)
         z = model.encode(x)
-        fake = frames(model.decode(z))
+        fake = uint8_frames(model.decode(z), g)
         # what a sampler's imperfect latents do to the frames: the same latents with noise of 0.2 x their std
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
-        noisy = frames(model.decode(z + 0.2 * z.std() * noise))
+        noisy = uint8_frames(model.decode(z + 0.2 * z.std() * noise), g)
     print(f"check (saved folder, metrics.py): PSNR {psnr(real, fake):.2f} dB, SSIM {ssim(real, fake).mean():.4f}")
     print(f"robustness (latents + 0.2 std noise, decoded): PSNR {psnr(real, noisy):.2f} dB, SSIM "
           f"{ssim(real, noisy).mean():.4f}")

@@ -62,17 +62,28 @@ class LatentNorm:
         return cls(float(d["shift"]), float(d["scale"]))
 
 
+def group_frames(clips: torch.Tensor, group: int) -> torch.Tensor:
+    """Clips (B, C, T, h, w) -> (B*T/group, group*C, h, w): each `group` consecutive frames stacked on the channels,
+    frame by frame. The one home of the layout a time_down autoencoder codes (encoding here, training draws too)."""
+    B, C, T = clips.shape[:3]
+    return clips.transpose(1, 2).reshape(B * T // group, C * group, *clips.shape[3:])
+
+
+def split_frames(x: torch.Tensor, split: int) -> torch.Tensor:
+    """The inverse of group_frames' stacking: (N, split*C, h, w) -> the frames (N*split, C, h, w), in order."""
+    return x.reshape(len(x) * split, x.shape[1] // split, *x.shape[2:])
+
+
 def per_frame(fn, clips: torch.Tensor, chunk: int = FRAME_CHUNK, group: int = 1, split: int = 1) -> torch.Tensor:
     """Apply a per-frame map fn ((N, C x group, h, w) -> (N, C' x split, h', w')) to clips (B, C, T, h, w), about
     `chunk` frames a call: (B, C', T / group x split, h', w'). `group` consecutive frames go in stacked on the
     channels, frame by frame (an autoencoder with time_down 2 encodes frame pairs), and each output's channels are
     split into `split` consecutive frames (it decodes one latent frame to a pair)."""
-    B, C, T = clips.shape[:3]
-    groups = clips.transpose(1, 2).reshape(B * T // group, C * group, *clips.shape[3:])  # (B*T/g, g*C, h, w)
+    groups = group_frames(clips, group)  # (B*T/g, g*C, h, w)
     step = max(1, chunk // max(group, split))
     out = torch.cat([fn(groups[i:i + step]) for i in range(0, len(groups), step)])  # (B*T/g, s*C', h', w')
-    out = out.reshape(B, T // group * split, out.shape[1] // split, *out.shape[2:])  # (B, T/g*s, C', h', w')
-    return out.transpose(1, 2)
+    frames = split_frames(out, split)  # (B*T/g*s, C', h', w')
+    return frames.reshape(len(clips), -1, *frames.shape[1:]).transpose(1, 2)  # (B, C', T/g*s, h', w')
 
 
 @torch.no_grad()

@@ -3,9 +3,9 @@
 Every autoencoder here has one interface: `encode(frames (N, 3 x time_down, H, W) in [-1, 1]) -> (N, C, H/down,
 W/down)` (unscaled latents: the posterior mean), `decode(latents) -> (N, 3 x time_down, H, W)`, attributes
 `latent_channels`, `down`, `time_down` (consecutive frames per latent frame, stacked on the channels frame by frame:
-data.latents.per_frame groups them) and `scaling_factor` / `shift_factor` (a diffusion model trains on (latents - shift) x scale: unit std) and
-`content_hash()` (weights + config, for cache keys). `load_autoencoder` returns one frozen in eval mode, or None for
-autoencoder.kind "none".
+data.latents.group_frames stacks them) and `scaling_factor` / `shift_factor` (a diffusion model trains on
+(latents - shift) x scale: unit std) and `content_hash()` (weights + config, for cache keys). `load_autoencoder`
+returns one frozen in eval mode, or None for autoencoder.kind "none".
 
 The own autoencoder is 2D, on one frame or a frame pair (time_down 2: the pair's 6 channels in, one latent frame
 out, so the denoiser sees half the frames): GroupNorm + SiLU residual blocks, strided-conv downsampling, nearest + conv

@@ -62,7 +62,8 @@ def check_model_config(cfg: Config) -> None:
 def model_input_shape(cfg: Config) -> tuple[int, int, int]:
     """(channels, frames, size) of the clips the denoiser sees: RGB pixels, or with an autoencoder its latent grid
     (autoencoder.latent_channels of data.num_frames / autoencoder.time_down frames of data.image_size /
-    autoencoder.down; the trainer checks the loaded autoencoder agrees). The one place this is decided: model, memory estimates and samplers all ask it."""
+    autoencoder.down; the trainer checks the loaded autoencoder agrees). The one place this is decided: model, memory
+    estimates and samplers all ask it."""
     ac, dc = cfg.autoencoder, cfg.data
     if ac.kind == "none":
         return 3, dc.num_frames, dc.image_size

@@ -37,8 +37,8 @@ def test_encode_decode_shapes_and_hash(down):
 def test_frame_pairs_are_stacked_and_split_in_order():
     """time_down 2: frames 2k and 2k+1 go in as one 6-channel group (training draws them in the order encoding stacks
     them) and one latent frame decodes to the pair; a frame autoencoder's config and hash do not name time_down."""
-    from data.latents import per_frame
-    from methods.training.autoencoder import frames_of, ungroup
+    from data.latents import per_frame, split_frames
+    from methods.training.autoencoder import frames_of
 
     torch.manual_seed(0)
     clips = torch.randn(2, 3, 6, 8, 8)  # (B, C, T, H, W)
@@ -51,7 +51,7 @@ def test_frame_pairs_are_stacked_and_split_in_order():
     drawn = frames_of(Clips, torch.tensor([5, 0]), group=2)  # clip 2's second pair, clip 0's first
     pixels = Clips.clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (N, 3, T, H, W)
     assert torch.equal(drawn, per_frame(lambda g: g, pixels, group=2)[[2, 0], :, [1, 0]])
-    assert torch.equal(ungroup(drawn, 2)[1], pixels[2, :, 3])
+    assert torch.equal(split_frames(drawn, 2)[1], pixels[2, :, 3])
 
     pair = FrameAutoencoder(4, 8, 16, time_down=2).eval()
     z = pair.encode(torch.rand(5, 6, 16, 16) * 2 - 1)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import AUTOENCODER_SUFFIX, Config
+from data.latents import group_frames, split_frames
 from dataset import SignDataset
 from methods.checkpoint import load_weights, read_state, rng_state, save_checkpoint, set_rng_state
 from methods.training.experiment import ExperimentLock, remove_stale_temp_files
@@ -50,18 +51,17 @@ STATE_KIND = "text2sign-autoencoder-run"
 
 def frames_of(data: SignDataset, index: torch.Tensor, group: int = 1) -> torch.Tensor:
     """Frame groups number `index` (flat over clip x group) of a split, each `group` consecutive frames stacked on the
-    channels frame by frame as data.latents.per_frame stacks them: float (N, 3 x group, H, W) in [-1, 1]."""
+    channels as encoding stacks them (data.latents.group_frames): float (N, 3 x group, H, W) in [-1, 1]."""
     per_clip = data.clips.shape[1] // group
     clips = data.clips[index // per_clip]  # (N, T, H, W, 3) uint8
     first = (index % per_clip) * group
     picked = clips[torch.arange(len(index))[:, None], first[:, None] + torch.arange(group)]  # (N, g, H, W, 3)
-    x = to_unit_range(picked)  # (N, 3, g, H, W)
-    return x.transpose(1, 2).reshape(len(index), 3 * group, *x.shape[3:])  # (N, g*3, H, W)
+    return group_frames(to_unit_range(picked), group)  # (N, 3, g, H, W) -> (N, g*3, H, W)
 
 
-def ungroup(x: torch.Tensor, group: int) -> torch.Tensor:
-    """Frame groups (N, 3 x group, H, W) -> the frames (N x group, 3, H, W), in order."""
-    return x.reshape(len(x) * group, 3, *x.shape[2:])
+def uint8_frames(groups: torch.Tensor, group: int) -> np.ndarray:
+    """Frame groups (N, 3 x group, H, W) in [-1, 1] -> their frames in order, uint8 (N x group, H, W, 3)."""
+    return to_uint8(split_frames(groups, group)[:, :, None])[:, 0]  # (N*g, 3, 1, H, W) -> (N*g, H, W, 3)
 
 
 def random_crops(frames: torch.Tensor, size: int, grid: int, generator: torch.Generator) -> torch.Tensor:
@@ -184,8 +184,8 @@ class AutoencoderRun:
         for chunk in index.split(64 // g):
             x = frames_of(self.val_data, chunk, g).to(self.device)
             z = self.model.encode(x)
-            real.append(to_uint8(ungroup(x, g)[:, :, None])[:, 0])  # (N, 3, 1, H, W) -> (N, H, W, 3) uint8
-            fake.append(to_uint8(ungroup(self.model.decode(z), g)[:, :, None])[:, 0])
+            real.append(uint8_frames(x, g))
+            fake.append(uint8_frames(self.model.decode(z), g))
             latents.append(z.float().cpu())
         self.model.train()
         real, fake, z = np.concatenate(real), np.concatenate(fake), torch.cat(latents)
