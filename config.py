@@ -297,7 +297,7 @@ def real() -> Config:
     """Your own sign footage in training_data/ (GIFs or videos + captions): 16 frames of 64x64, where a signer's hands
     are several pixels wide (at 32x32 they are 1-2), diffused in the latent space of the project's own autoencoder
     (4x down, frame pairs, 8 channels: 8 latent frames of 16x16x8), which `python main.py train-autoencoder --preset
-    real` trains first on the same folder in about 11 CPU minutes (autoencoder.path empty: this experiment's). A
+    real` trains first on the same folder in 7-11 CPU minutes (autoencoder.path empty: this experiment's). A
     latent step of the 0.94M U-Net costs a fraction of a second on 2 cores where a pixel step of the 3.3M one cost
     15.7 s (docs/latent.md);
     `--set autoencoder.kind=none` trains on pixels. The demo's recipe otherwise; captions normalised (case,
@@ -307,12 +307,14 @@ def real() -> Config:
                           trim_still=REST_THRESHOLD)
     # frame pairs (8 channels): half the frames reach the denoiser, so a step costs 0.21 s instead of 0.31 and the same
     # time shows each caption more often; 32-pixel crops: 32 of them cost what 8 whole frames do and train faster;
-    # latent noise and the decoder-only steps: a decoder that does not turn a sampler's latent errors into a texture
-    # (docs/latent.md); 700 + 300 steps and 5,000 diffusion steps aim at 30 CPU minutes on 344 clips (35.7 measured)
+    # latent noise and the decoder-only steps at noise 1.0: a decoder that does not turn a sampler's latent errors into
+    # a texture (at 0.5 the pair decoder's backdrop stayed blotched; 1.0: SSIM 0.58 -> 0.64 at the same R@1,
+    # docs/latent.md); 700 + 300 steps, then 9,000 diffusion steps (R@1 0.44 -> 0.57 of real, SSIM 0.64 -> 0.69 over
+    # 5,000): about 30 CPU minutes on 344 clips on this machine's fast days, up to 1.6x that on its slow ones
     cfg.autoencoder = AutoencoderConfig(kind="own", latent_channels=8, time_down=2, steps=700, batch_frames=32,
-                                        crop=32, latent_noise=0.1, decoder_steps=300, decoder_noise=0.5)
+                                        crop=32, latent_noise=0.1, decoder_steps=300, decoder_noise=1.0)
     cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)
-    cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=5000, batch_size=8, lr=1e-3, warmup_steps=100,
+    cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=9000, batch_size=8, lr=1e-3, warmup_steps=100,
                             ema_decay=0.995, sample_every=1000, checkpoint_every=1000, sample_prompts=())
     return cfg
 
