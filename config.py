@@ -305,7 +305,7 @@ def real() -> Config:
     cfg = demo()
     cfg.data = DataConfig(data_dir="training_data", num_frames=16, image_size=64, caption_normalize=True,
                           trim_still=REST_THRESHOLD)
-    # frame pairs (8 channels): half the frames reach the denoiser, so a step costs 0.21 s instead of 0.31 and the same
+    # frame pairs (8 channels): half the frames reach the denoiser, so a step costs 0.22 s instead of 0.31 and the same
     # time shows each caption more often; 32-pixel crops: 32 of them cost what 8 whole frames do and train faster;
     # latent noise and the decoder-only steps at noise 1.0: a decoder that does not turn a sampler's latent errors into
     # a texture (at 0.5 the pair decoder's backdrop stayed blotched; 1.0: SSIM 0.58 -> 0.64 at the same R@1,
