@@ -185,6 +185,10 @@ def cmd_evaluate(args) -> int:
         print(f"  training-free (nearest real clip in fixed pixel features): R@1 generated {g['nn_generated_r1']:.3f} "
               f"/ real {nn_real}; KID {g['kid']:.4f} (evaluator space), {g['kid_fixed']:.4f} (pixel features)",
               file=sys.stderr)
+        if g["reconstructed_r1"] is not None:
+            print(f"  real clips through the autoencoder (the latent space's ceiling): R@1 "
+                  f"{g['reconstructed_r1']:.3f}; SSIM {g['reconstructed_ssim']:.3f}; PSNR "
+                  f"{g['reconstructed_psnr']:.2f} dB", file=sys.stderr)
         gt = g.get("ground_truth")
         if gt and gt.get("captions"):
             print("  ground truth (" + str(gt["captions"]) + " captions; generated / real): " + "; ".join(

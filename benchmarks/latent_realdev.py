@@ -6,14 +6,15 @@ the evaluator on the real clips, evaluate on decoded pixels, draw a frame strip.
         [--ae-set FIELD=VALUE ...] [--work DIR] [--smoke]
 
 Reads the clips from ../shared/realdev/clips (453 real Thai and British Sign Language clips, 128 px, with captions):
-development and measurement only, never copied into the project or its tests. The chosen clips are copied into
---work (default: a temp folder outside the project). Subsets: thai64 (the 64 Thai words of THAI64, one clip each),
-thai (all 344 Thai clips), all (all 453). Each stage is the real CLI (`train-autoencoder`, `train`,
-`train-evaluator`, `evaluate --split train`), timed; the R@1 of generated clips is scored by an evaluator trained on
-the real clips' pixels, and SSIM / PSNR / frame change compare decoded generated clips with the real clip of their
-caption. --guidance G1 G2 scores the same trained model at each classifier-free guidance scale (default: the
-preset's). --autoencoder reuses a trained one (its folder) instead of training. --smoke: a tiny synthetic folder, a
-few steps of each stage, so the script is checked in seconds; it measures nothing.
+development and measurement only, never copied into the project or its tests. The chosen clips are copied into --work
+(default: a temp folder outside the project). Subsets: thai64 (the 64 Thai words of THAI64, one clip each), thai (all
+344 Thai clips), all (all 453). Each stage is the real CLI (`train-autoencoder`, `train`, `train-evaluator`, `evaluate
+--split train`), timed; the R@1 of generated clips is scored by an evaluator trained on the real clips' pixels, and SSIM
+/ PSNR / frame change compare decoded generated clips with the real clip of their caption; the same R@1 and SSIM of the
+real clips encoded and decoded by the autoencoder are the latent space's ceiling. --guidance G1 G2 scores the same
+trained model at each classifier-free guidance scale (default: the preset's). --autoencoder reuses a trained one (its
+folder) instead of training. --smoke: a tiny synthetic folder, a few steps of each stage, so the script is checked in
+seconds; it measures nothing.
 """
 from __future__ import annotations
 
@@ -163,13 +164,16 @@ def main() -> int:
             draws.append(g)
             print(f"draw {seed}{tag} ({g['num_captions']} train captions): R@1 generated {g['generated_r1']:.3f} / "
                   f"real {g['real_r1']:.3f}; SSIM {g['ssim']:.3f}; PSNR {g['psnr']:.2f} dB; frame change "
-                  f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}")
+                  f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}; through the "
+                  f"autoencoder R@1 {g['reconstructed_r1']:.3f}, SSIM {g['reconstructed_ssim']:.3f}")
         mean = {k: sum(g[k] for g in draws) / len(draws) for k in
-                ("generated_r1", "real_r1", "ssim", "psnr", "temporal_change_generated", "temporal_change_real")}
+                ("generated_r1", "real_r1", "ssim", "psnr", "temporal_change_generated", "temporal_change_real",
+                 "reconstructed_r1", "reconstructed_ssim")}
         print(f"mean of {len(draws)} draws{tag}: R@1 generated {mean['generated_r1']:.3f} / real {mean['real_r1']:.3f} "
               f"(ratio {mean['generated_r1'] / max(mean['real_r1'], 1e-9):.2f}); SSIM {mean['ssim']:.3f}; PSNR "
               f"{mean['psnr']:.2f} dB; frame change {mean['temporal_change_generated']:.2f} vs real "
-              f"{mean['temporal_change_real']:.2f}")
+              f"{mean['temporal_change_real']:.2f}; real clips through the autoencoder (the ceiling): R@1 "
+              f"{mean['reconstructed_r1']:.3f}, SSIM {mean['reconstructed_ssim']:.3f}")
     print("wall-clock: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     print(f"grids (real | generated) in {work}/eval_draw0*_grids; log {log}")
     return 0

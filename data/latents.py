@@ -87,6 +87,14 @@ def per_frame(fn, clips: torch.Tensor, chunk: int = FRAME_CHUNK, group: int = 1,
 
 
 @torch.no_grad()
+def encode_clips(autoencoder, clips: torch.Tensor) -> torch.Tensor:
+    """Frames (B, 3, T, H, W) in [-1, 1] -> latents (B, C, T / time_down, h, w), not normalised, encoded FRAME_CHUNK
+    frames at a time in the autoencoder's dtype."""
+    dtype = next(autoencoder.parameters()).dtype
+    return per_frame(autoencoder.encode, clips.to(dtype), group=autoencoder.time_down)
+
+
+@torch.no_grad()
 def decode_clips(autoencoder, norm: LatentNorm, x: torch.Tensor) -> torch.Tensor:
     """Model-space clips (B, C, T, h, w) -> frames (B, 3, T x time_down, H, W), decoded FRAME_CHUNK frames at a
     time."""
@@ -161,13 +169,10 @@ class LatentDataset:
         missing = [i for i, k in enumerate(keys) if k not in cached]
         if missing:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            dtype = next(autoencoder.parameters()).dtype
-            with torch.no_grad():
-                for i in tqdm(missing, desc="encoding latents", unit="clip", disable=quiet or None,
-                              dynamic_ncols=True, leave=False):
-                    video = pixels.get_batch(torch.tensor([i]), device=device)[0].to(dtype)
-                    z = per_frame(autoencoder.encode, video, group=autoencoder.time_down)[0]
-                    cached[keys[i]] = z.to("cpu", CACHE_DTYPE).contiguous()
+            for i in tqdm(missing, desc="encoding latents", unit="clip", disable=quiet or None,
+                          dynamic_ncols=True, leave=False):
+                z = encode_clips(autoencoder, pixels.get_batch(torch.tensor([i]), device=device)[0])[0]
+                cached[keys[i]] = z.to("cpu", CACHE_DTYPE).contiguous()
             write_cache(path, cached)
         shapes = {tuple(cached[k].shape) for k in keys}
         if len(shapes) > 1:  # one file per store and autoencoder: only a hand-edited file gets here

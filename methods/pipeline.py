@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from data.folder import caption_words
-from data.latents import LatentNorm, decode_clips
+from data.latents import LatentNorm, decode_clips, encode_clips
 from diffusion import GaussianDiffusion
 from methods.checkpoint import check_weights_fit, load_checkpoint, load_weights, nonfinite_summary
 from methods.run_config import config_from_checkpoint
@@ -26,6 +26,7 @@ from models.autoencoder import load_autoencoder
 from models.text_encoder import TextEmbeddings
 from utils.device import available_memory, format_bytes
 from utils.errors import UserError
+from utils.pixels import to_uint8, to_unit_range
 
 SAMPLER_COPIES = 6  # float32 clip-sized tensors a sampler step holds: x, noise, model output, x0, eps and the next x
 DECODED_COPIES = 2  # float32 frame-sized tensors of a decoded batch: the decoder's output and to_uint8's rescaled copy
@@ -104,6 +105,19 @@ class SignPipeline:
         """Model-space clips -> frames in [-1, 1]: pixel models' clips are frames already; a latent model's are
         un-normalised and decoded a few frames at a time (data.latents.decode_clips)."""
         return x if self.autoencoder is None else decode_clips(self.autoencoder, self.latent_norm, x)
+
+    @torch.no_grad()
+    def reconstruct(self, clips_u8: np.ndarray, batch_size: int = 16) -> np.ndarray | None:
+        """Real clips uint8 (N, T, H, W, 3) through the autoencoder and back (None for a pixel model): the best a
+        latent model can draw, so what its generated clips are measured against beside the real ones."""
+        if self.autoencoder is None:
+            return None
+        out = []
+        for start in range(0, len(clips_u8), batch_size):
+            x = to_unit_range(torch.from_numpy(clips_u8[start:start + batch_size])).to(self.device)  # (B, 3, T, H, W)
+            z = self.latent_norm.to_model(encode_clips(self.autoencoder, x).float())
+            out.append(to_uint8(self.decode(z)))
+        return np.concatenate(out)
 
     def check_memory(self, num_clips: int, batch_size: int, settings: SamplingSettings) -> None:
         """A one-line UserError before sampling when the clips alone cannot fit in free memory: the sampler's float32

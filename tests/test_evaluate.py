@@ -265,6 +265,8 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
         assert gt["real"]["place_px"] < gt["generated"]["place_px"], gt
     assert report["ground_truth"] == {"source": [32, 8]} and "ground truth (3 captions" in r.stderr
     assert "training-free (nearest real clip" in r.stderr
+    assert all(group["reconstructed_r1"] is None for group in report["groups"].values())  # a pixel model: no ceiling
+    assert "through the autoencoder" not in r.stderr
     assert not any(row["in_training"] for row in report["groups"]["heldout"]["per_caption"])
     logs = list((tmp_path / "logs").rglob("events.out.tfevents*"))
     assert any("eval" in str(p.parent) for p in logs)

@@ -157,3 +157,45 @@ def test_autoencoder_must_match_the_configured_latents(tmp_path, synth_dir, tiny
     over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"autoencoder.latent_channels": 8})
     done = in_process("train", *sets(over))
     assert done.returncode == 2 and "set autoencoder.latent_channels=4" in done.stderr, done.stderr
+
+
+def test_evaluate_scores_real_clips_through_the_autoencoder(tmp_path, synth_dir, tiny_encoder, autoencoder_dir):
+    """A latent model's evaluation also scores the real clips encoded and decoded (the latent space's ceiling): the
+    frames are the autoencoder's own reconstructions, and the report's SSIM / PSNR are theirs against the real clips."""
+    import json
+
+    from dataset import SignDataset
+    from methods.evaluation.captions import pick_captions
+    from methods.evaluation.metrics import psnr, ssim
+    from methods.pipeline import SignPipeline
+    from utils.pixels import to_uint8, to_unit_range
+
+    over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"train.max_steps": 2})
+    assert in_process("train", *sets(over)).returncode == 0
+    ckpt = str(tmp_path / "checkpoints" / "tiny" / "final.pt")
+    pipe = SignPipeline.from_pretrained(ckpt, text_encoder=False)
+    ds = SignDataset(pipe.cfg.data, "train", quiet=True)
+    names, idx = pick_captions(ds, 3, 0)
+    real = ds.clips[idx].numpy()  # (3, 4, 16, 16, 3)
+    back = pipe.reconstruct(real)
+    frames = to_unit_range(torch.from_numpy(real)).transpose(1, 2).flatten(0, 1)  # (3*4, 3, 16, 16)
+    with torch.no_grad():
+        expected = pipe.autoencoder.decode(pipe.autoencoder.encode(frames))  # (3*4, 3, 16, 16)
+    expected = to_uint8(expected.view(3, 4, 3, 16, 16).transpose(1, 2))
+    assert back.shape == real.shape and back.dtype == real.dtype
+    assert abs(back.astype(int) - expected.astype(int)).max() <= 1  # the latent normalisation's round trip: float bits
+    assert (back != real).any()
+
+    done = in_process("train-evaluator", *sets(over + ["eval.evaluator_steps=2", "eval.evaluator_dim=8",
+                                                       "eval.evaluator_render=false"]), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "report.json"
+    done = in_process("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+                      "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    group = json.loads(out.read_text())["groups"]["train"]
+    assert [row["caption"] for row in group["per_caption"]] == names
+    assert group["reconstructed_psnr"] == pytest.approx(sum(psnr(b, r) for b, r in zip(back, real)) / 3, abs=0.05)
+    assert group["reconstructed_ssim"] == pytest.approx(
+        sum(float(ssim(b, r).mean()) for b, r in zip(back, real)) / 3, abs=2e-3)
+    assert 0 <= group["reconstructed_r1"] <= 1 and "real clips through the autoencoder" in done.stderr

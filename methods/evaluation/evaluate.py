@@ -3,7 +3,8 @@
 For K captions of a split (and of the held-out combinations), generates N clips per caption and reports caption
 retrieval (R@1 with its standard error, R@5) of generated vs real clips vs chance, the Frechet distance in the
 evaluator's embedding space, SSIM / PSNR against the real clip of the same caption and the mean frame-to-frame
-change (metrics.py); writes a JSON, TensorBoard scalars and one real | generated GIF grid per caption.
+change, and for a latent model the same scores of the real clips through its autoencoder (metrics.py); writes a
+JSON, TensorBoard scalars and one real | generated GIF grid per caption.
 Three steps: `generate_clips` (every clip's noise comes from methods.sampling.sample_seed, so a caption's clips do
 not depend on the other captions of the run), `score_groups`, `write_report`.
 """
@@ -18,7 +19,7 @@ import torch
 from dataset import SignDataset
 from methods import ground_truth
 from methods.evaluation.captions import heldout_set, other_clips, pick_captions, training_captions
-from methods.evaluation.metrics import score_clips, seen_unseen
+from methods.evaluation.metrics import score_clips, score_reconstruction, seen_unseen
 from methods.evaluation.store import EVALUATOR_FILE, check_preprocessing, load_evaluator
 from methods.synth_truth import truth_source
 from methods.pipeline import SignPipeline
@@ -32,9 +33,10 @@ from utils.gif import safe_filename, write_gif
 
 SPLITS = ("val", "train")
 GRID_MIN_SIDE = 64  # grid GIF panels are upscaled (nearest) to at least this many pixels: 32px clips are tiny
+RECONSTRUCTED = ("reconstructed_r1", "reconstructed_r5", "reconstructed_ssim", "reconstructed_psnr")
 SCALARS = ("real_r1", "real_r5", "generated_r1", "generated_r5", "generated_r1_se", "chance_r1", "r1_ratio",
            "real_reversed_r1", "frechet_distance", "kid", "kid_fixed", "nn_generated_r1", "nn_real_r1", "ssim", "psnr",
-           "temporal_change_generated", "temporal_change_real")
+           "temporal_change_generated", "temporal_change_real", *RECONSTRUCTED)
 
 
 def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val", num_captions: int = 32,
@@ -84,7 +86,7 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
                   noise_correlation=settings.noise_correlation, seed=seed, samples_per_caption=num_samples,
                   ground_truth=truth,
                   groups=score_groups(ev, ev_text, groups, picks, generated, training_captions(cfg.data), grid_dir,
-                                      truth))
+                                      truth, reconstruct=pipe.reconstruct))
     write_report(report, out)
     report["json"], report["grid_dir"] = out, grid_dir
     report["tensorboard_dir"] = write_scalars(cfg, state, report)
@@ -103,9 +105,11 @@ def generate_clips(pipe: SignPipeline, text, captions: list[str], settings, num_
 
 
 def score_groups(ev, ev_text: torch.Tensor, groups: dict, picks: dict, generated: np.ndarray, seen: set[str],
-                 grid_dir: str, truth: dict | None = None) -> dict:
+                 grid_dir: str, truth: dict | None = None, reconstruct=None) -> dict:
     """Metrics per group (the split, held-out), with per-caption rows that say whether the caption was trained on
-    and point to its real | generated grid GIF; with truth["source"], the renderer's ground truth too."""
+    and point to its real | generated grid GIF; with truth["source"], the renderer's ground truth too; with
+    reconstruct (a latent model's real clips -> through its autoencoder), the latent space's ceiling
+    (reconstructed_* keys, None for a pixel model)."""
     results, start = {}, 0
     for name, (names, idx) in picks.items():
         ds, k = groups[name], len(names)
@@ -113,6 +117,9 @@ def score_groups(ev, ev_text: torch.Tensor, groups: dict, picks: dict, generated
         which, others = other_clips(ds, names, idx)
         res = score_clips(ev, ev_text[start:start + k], real, gen, names,
                           other_real=(np.array(which, int), ds.clips[others].numpy()) if which else None)
+        back = reconstruct(real) if reconstruct is not None else None
+        res.update(score_reconstruction(ev, ev_text[start:start + k], real, back) if back is not None else
+                   dict.fromkeys(RECONSTRUCTED))
         if truth and "source" in truth:
             res["ground_truth"] = ground_truth.compare(gen, real, names, truth["source"])
         for n, (c, row) in enumerate(zip(names, res["per_caption"])):

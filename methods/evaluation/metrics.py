@@ -1,5 +1,6 @@
 """Metrics of `main.py evaluate`: caption retrieval (by the learned evaluator, and training-free by nearest neighbour
-in fixed pixel features), distribution distances (KID, Frechet), SSIM / PSNR and frame-to-frame change.
+in fixed pixel features), distribution distances (KID, Frechet), SSIM / PSNR, frame-to-frame change, and for a latent
+model the same retrieval and image scores of real clips through its autoencoder (the ceiling of its latent space).
 
 numpy / torch only; score_clips combines them for one group of K captions with N generated samples each.
 """
@@ -166,6 +167,16 @@ def score_clips(ev: Evaluator, text: torch.Tensor, real, generated, captions: li
         for row, c, t in zip(out["per_caption"], captions, top):
             row.update(caption=c, retrieved_as=[captions[i] for i in t])
     return out
+
+
+def score_reconstruction(ev: Evaluator, text: torch.Tensor, real, reconstructed) -> dict:
+    """The latent space's ceiling: the K real clips encoded and decoded by the autoencoder (uint8, like `real`),
+    retrieved among the K captions and compared with the real clips as generated ones are."""
+    real, reconstructed = np.asarray(real), np.asarray(reconstructed)
+    ranks = retrieval_ranks(ev.encode_clips(reconstructed), text)
+    return {"reconstructed_r1": recall(ranks, 1), "reconstructed_r5": recall(ranks, 5),
+            "reconstructed_ssim": float(np.mean([ssim(c, r).mean() for c, r in zip(reconstructed, real)])),
+            "reconstructed_psnr": float(np.mean([psnr(c, r) for c, r in zip(reconstructed, real)]))}
 
 
 def seen_unseen(rows: list[dict]) -> dict:
