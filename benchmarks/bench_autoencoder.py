@@ -65,7 +65,8 @@ def main() -> int:
     ac = cfg.autoencoder
     print(f"autoencoder: down {ac.down}, {ac.latent_channels} latent channels, width {ac.width}, {ac.batch_frames} "
           f"frame groups of {ac.time_down}/step, lr {ac.learning_rate}, kl {ac.kl_weight}, ssim {ac.ssim_weight}; "
-          f"{args.size}x{args.size}, {args.budget:.0f} s on {args.threads} threads (the decoder-only steps are not run under a time budget)")
+          f"{args.size}x{args.size}, {args.budget:.0f} s on {args.threads} threads "
+          f"(the decoder-only steps are not run under a time budget)")
     info = train_autoencoder(cfg, budget_s=args.budget, quiet=True)
     print(f"parameters: {info['params'] / 1e6:.2f}M\nsteps: {info['step']} in {info['seconds']:.0f} s "
           f"({info['s_per_step']:.2f} s/step)\n{info['scored_on']} ({info['frames']} frames): PSNR "

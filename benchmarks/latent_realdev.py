@@ -8,13 +8,13 @@ the evaluator on the real clips, evaluate on decoded pixels, draw a frame strip.
 Reads the clips from ../shared/realdev/clips (453 real Thai and British Sign Language clips, 128 px, with captions):
 development and measurement only, never copied into the project or its tests. The chosen clips are copied into --work
 (default: a temp folder outside the project). Subsets: thai64 (the 64 Thai words of THAI64, one clip each), thai (all
-344 Thai clips), all (all 453). Each stage is the real CLI (`train-autoencoder`, `train`, `train-evaluator`, `evaluate
---split train`), timed; the R@1 of generated clips is scored by an evaluator trained on the real clips' pixels, and SSIM
-/ PSNR / frame change compare decoded generated clips with the real clip of their caption; the same R@1 and SSIM of the
-real clips encoded and decoded by the autoencoder are the latent space's ceiling. --guidance G1 G2 scores the same
-trained model at each classifier-free guidance scale (default: the preset's). --autoencoder reuses a trained one (its
-folder) instead of training. --smoke: a tiny synthetic folder, a few steps of each stage, so the script is checked in
-seconds; it measures nothing.
+344 Thai clips), all (all 453). Each stage is the real CLI (`train-autoencoder`, `train`, `train-evaluator`,
+`evaluate --split train`), timed; the R@1 of generated clips is scored by an evaluator trained on the real clips'
+pixels, and SSIM / PSNR / frame change compare decoded generated clips with the real clip of their caption; the same
+R@1 and SSIM of the real clips encoded and decoded by the autoencoder are the latent space's ceiling. --guidance G1 G2
+scores the same trained model at each classifier-free guidance scale (default: the preset's). --autoencoder reuses a
+trained one (its folder) instead of training. --smoke: a tiny synthetic folder, a few steps of each stage, so the
+script is checked in seconds; it measures nothing.
 """
 from __future__ import annotations
 
