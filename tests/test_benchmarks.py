@@ -24,7 +24,8 @@ import pytest
 from conftest import ROOT, in_process, sets, tiny_overrides
 
 SCRIPTS = sorted(p.name for p in pathlib.Path(ROOT, "benchmarks").glob("*.py") if not p.name.startswith("_"))
-NEEDS_CHECKPOINT = {"eval_demo.py", "frame_strip.py", "serve_screenshot.py", "race.py", "scale_demo.py"}
+NEEDS_CHECKPOINT = {"eval_demo.py", "evaluator_blur.py", "frame_strip.py", "serve_screenshot.py", "race.py",
+                    "scale_demo.py"}
 START_AT_ONCE = ["bench_gpu.py", "bench_data.py", "bench_tinydit.py", "rest_threshold.py", "bench_autoencoder.py"]
 SLOWEST_FIRST = ["race.py", "scale_demo.py", "bench_demo.py", "bench_logging.py"]  # of the others
 
@@ -45,6 +46,8 @@ FIGURES = {
     "bench_tinydit.py": [r"model DiT-Test/4: [\d,]+ parameters", rf"seconds per step {NUMBER}",
                          rf"MFU {NUMBER}%"],
     "eval_demo.py": [rf"\| final.pt \| 4 \| {NUMBER} \| {NUMBER} \| train \| 3 x 1 \| {NUMBER} ± {NUMBER} / {NUMBER}"],
+    "evaluator_blur.py": [rf"\| 0 \| {NUMBER} \({NUMBER}\) / {NUMBER} \| 1.000 \| 100.00 \| 1.000 \|",
+                          rf"\| 1 \| {NUMBER} \({NUMBER}\) / {NUMBER} \| 0\.\d+ \| {NUMBER} \| {NUMBER} \|"],
     "frame_strip.py": [r"'yes no please': real clip .*, 1 generated \(guidance", r"strip.png: per caption"],
     "race.py": [r"tiny: 2 steps in", rf"\| tiny \| DiT-Test/4 \| {NUMBER}M \| 2 \| {NUMBER} \| {NUMBER} \|"],
     "rest_threshold.py": [rf"still signer 32px, camera noise sigma 2, H.264 crf 23: change mean {NUMBER}",
@@ -84,6 +87,8 @@ class Tiny:
             "bench_demo.py": ["--data", self.data, *sets(self.fields(tmp))],
             "bench_logging.py": ["--data", self.data, *sets(self.fields(tmp))],
             "eval_demo.py": ["--checkpoints", self.ckpt],
+            "evaluator_blur.py": ["--evaluator", self.evaluator, "--preset", "demo",
+                                  *sets(self.fields(tmp, outputs=True))],
             "frame_strip.py": ["--checkpoint", self.ckpt],
             "serve_screenshot.py": ["--checkpoint", self.ckpt],
             "race.py": ["--evaluator", self.evaluator, "--run", "tiny", *self.fields(tmp, outputs=True)],
