@@ -87,7 +87,7 @@ def main() -> int:
         ev, meta = load_evaluator(path)
         cfg = load_config(preset, overrides)
         cfg.data.data_dir = args.data or meta.get("data_dir") or cfg.data.data_dir
-        check_preprocessing(meta, cfg.data, path, f"--preset {preset}")
+        check_preprocessing(meta, cfg.data, path, " ".join(["--preset", preset, *(f"--set {o}" for o in overrides)]))
         ds = SignDataset(cfg.data, args.split, quiet=True)
     except UserError as e:
         sys.exit(f"error: {e}")

@@ -61,7 +61,7 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
     ev_path = evaluator or os.path.join(checkpoint if os.path.isdir(checkpoint) else
                                         os.path.dirname(os.path.abspath(checkpoint)), EVALUATOR_FILE)
     ev, meta = load_evaluator(ev_path)
-    check_preprocessing(meta, cfg.data, ev_path, checkpoint)
+    check_preprocessing(meta, cfg.data, ev_path, f"--checkpoint {checkpoint}")
     groups = {split: SignDataset(cfg.data, split, quiet=True), "heldout": heldout_set(cfg.data)}
     picks = {name: pick_captions(ds, num_captions, seed) for name, ds in groups.items() if ds is not None}
     picks = {name: p for name, p in picks.items() if len(p[0]) >= 2}

@@ -35,9 +35,10 @@ def load_evaluator(path: str, device="cpu") -> tuple[Evaluator, dict]:
     return model.to(device).eval(), state
 
 
-def check_preprocessing(meta: dict, dc, ev_path: str, checkpoint: str) -> None:
+def check_preprocessing(meta: dict, dc, ev_path: str, source: str) -> None:
     """The evaluator saw clips made as dc (a DataConfig) makes them: same frames, size, folder and preprocessing.
-    A setting an older evaluator file did not record is not compared."""
+    A setting an older evaluator file did not record is not compared. source: the train-evaluator arguments that
+    would make a matching one (`--checkpoint PATH`, or `--preset P --set ...`)."""
     mismatches = []
     for key in ("num_frames", "image_size"):
         if meta["hparams"][key] != getattr(dc, key):
@@ -51,4 +52,4 @@ def check_preprocessing(meta: dict, dc, ev_path: str, checkpoint: str) -> None:
             mismatches.append(f"data.{key}={theirs!r} (not {mine!r})")
     if mismatches:
         raise UserError(f"evaluator {ev_path} was trained with {', '.join(mismatches)}: train one for this model with "
-                        f"`python main.py train-evaluator --checkpoint {checkpoint}`")
+                        f"`python main.py train-evaluator {source}`")
