@@ -32,19 +32,18 @@ from methods.evaluation.store import check_preprocessing, load_evaluator  # noqa
 from methods.run_config import load_config  # noqa: E402
 from models.text_encoder import embed_captions  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.ssim import gaussian_window, separable_filter  # noqa: E402
 
 
 def gaussian_blur(clips: np.ndarray, sigma: float) -> np.ndarray:
-    """clips (K, T, H, W, 3) uint8, blurred within each frame (separable kernel of radius 3 sigma, edges repeated)."""
+    """clips (K, T, H, W, 3) uint8, blurred within each frame (the SSIM metric's separable Gaussian, radius 3 sigma,
+    edges repeated)."""
     if sigma <= 0:
         return clips
     r = max(1, int(3 * sigma + 0.5))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma * sigma))
-    k = k / k.sum()
     K, T, H, W, C = clips.shape
-    x = torch.from_numpy(clips).float().permute(0, 1, 4, 2, 3).reshape(-1, 1, H, W)  # (K*T*3, 1, H, W)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    x = torch.from_numpy(clips).float().permute(0, 1, 4, 2, 3).reshape(K * T, C, H, W)  # (K*T, 3, H, W)
+    x = separable_filter(F.pad(x, (r, r, r, r), mode="replicate"), gaussian_window(2 * r + 1, sigma, x))
     return x.view(K, T, C, H, W).permute(0, 1, 3, 4, 2).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
