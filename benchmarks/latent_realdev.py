@@ -3,7 +3,7 @@ the evaluator on the real clips, evaluate on decoded pixels, draw a frame strip.
 
     python benchmarks/latent_realdev.py --subset thai64 --steps 3000 [--autoencoder DIR] [--ae-steps 500]
         [--evaluator PATH] [--draws 3] [--guidance G ...] [--size 64] [--down 4] [--set FIELD=VALUE ...]
-        [--ae-set FIELD=VALUE ...] [--work DIR] [--smoke]
+        [--ae-set FIELD=VALUE ...] [--work DIR] [--pixels] [--sample-steps N] [--smoke]
 
 Reads the clips from ../shared/realdev/clips (453 real Thai and British Sign Language clips, 128 px, with captions):
 development and measurement only, never copied into the project or its tests. The chosen clips are copied into --work
@@ -13,8 +13,10 @@ development and measurement only, never copied into the project or its tests. Th
 pixels, and SSIM / PSNR / frame change compare decoded generated clips with the real clip of their caption; the same
 R@1 and SSIM of the real clips encoded and decoded by the autoencoder are the latent space's ceiling. --guidance G1 G2
 scores the same trained model at each classifier-free guidance scale (default: the preset's). --autoencoder reuses a
-trained one (its folder) instead of training. --smoke: a tiny synthetic folder, a few steps of each stage, so the
-script is checked in seconds; it measures nothing.
+trained one (its folder) instead of training. --pixels trains the same recipe on pixels (`autoencoder.kind=none`, no
+autoencoder stage, no ceiling): the other side of the latent-against-pixel race. --sample-steps scores with fewer
+sampler steps (a pixel model's sampling costs minutes a draw). --smoke: a tiny synthetic folder, a few steps of each
+stage, so the script is checked in seconds; it measures nothing.
 """
 from __future__ import annotations
 
@@ -79,6 +81,14 @@ def last_line(path: str) -> str:
         return [line for line in f.read().splitlines() if line.strip()][-1]
 
 
+def ceiling(scores: dict) -> str:
+    """The real clips through the autoencoder (the latent space's ceiling); a pixel model has none."""
+    if scores["reconstructed_r1"] is None:
+        return "; pixel model: no autoencoder ceiling"
+    return (f"; real clips through the autoencoder (the ceiling): R@1 {scores['reconstructed_r1']:.3f}, SSIM "
+            f"{scores['reconstructed_ssim']:.3f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subset", default="thai64", choices=("thai64", "thai", "all"))
@@ -99,6 +109,9 @@ def main() -> int:
     p.add_argument("--ae-set", dest="ae_overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="more overrides for the autoencoder's training run")
     p.add_argument("--work", default=None, help="where clips, checkpoints and logs go (default: a temp folder)")
+    p.add_argument("--pixels", action="store_true", help="train on pixels (autoencoder.kind=none): no autoencoder")
+    p.add_argument("--sample-steps", dest="sample_steps", type=int, default=None,
+                   help="sampler steps of evaluate (default: the checkpoint's)")
     p.add_argument("--smoke", action="store_true", help="tiny synthetic data, a few steps: checks the script runs")
     args = p.parse_args()
 
@@ -125,7 +138,7 @@ def main() -> int:
     sets = [a for kv in common for a in ("--set", kv)]
     times = {}
     ae = args.autoencoder
-    if ae is None:
+    if ae is None and not args.pixels:
         ae_steps = ["--set", "autoencoder.steps=3", "--set", "autoencoder.decoder_steps=2"] if args.smoke else (
             ["--set", f"autoencoder.steps={args.ae_steps}"] if args.ae_steps else [])
         ae_sets = [a for kv in args.ae_overrides for a in ("--set", kv)]
@@ -134,12 +147,14 @@ def main() -> int:
         print(f"autoencoder: {times['autoencoder']:.0f} s -> {ae}; " + ", ".join(
             line for line in open(log, encoding="utf-8").read().splitlines() if "PSNR" in line)[-200:])
     steps = 4 if args.smoke else args.steps
-    latent = ["--set", "autoencoder.kind=own", "--set", f"autoencoder.path={ae}", "--set", f"train.max_steps={steps}",
-              "--set", f"train.sample_every={steps}", "--set", f"train.checkpoint_every={steps}"]
+    space = ["--set", "autoencoder.kind=none"] if args.pixels else [
+        "--set", "autoencoder.kind=own", "--set", f"autoencoder.path={ae}"]
+    latent = [*space, "--set", f"train.max_steps={steps}", "--set", f"train.sample_every={steps}",
+              "--set", f"train.checkpoint_every={steps}"]
     extra = [a for kv in args.overrides for a in ("--set", kv)]
-    times["latent training"] = cli("train", "--preset", "real", *sets, *latent, *extra, log=log)
-    print(f"latent training: {steps} steps in {times['latent training']:.0f} s "
-          f"({times['latent training'] / steps:.2f} s/step including start-up)")
+    stage = "pixel training" if args.pixels else "latent training"
+    times[stage] = cli("train", "--preset", "real", *sets, *latent, *extra, log=log)
+    print(f"{stage}: {steps} steps in {times[stage]:.0f} s ({times[stage] / steps:.2f} s/step including start-up)")
     ckpt = os.path.join(work, "checkpoints", "latent", "final.pt")
     evaluator, same_clips = args.evaluator, []
     if evaluator is not None:  # it was trained on another work folder's copy of the clips: score on that copy
@@ -151,6 +166,8 @@ def main() -> int:
         times["evaluator"] = cli("train-evaluator", "--checkpoint", ckpt, *ev_steps, log=log)
         evaluator = os.path.join(os.path.dirname(ckpt), "evaluator.pt")
     num = ["--num_captions", "4", "--steps", "2"] if args.smoke else ["--num_captions", str(min(n, 32))]
+    if args.sample_steps and not args.smoke:
+        num += ["--steps", str(args.sample_steps)]
     for guidance in args.guidance:
         draws, tag = [], "" if guidance is None else f"_g{guidance:g}"
         for seed in range(1 if args.smoke else args.draws):
@@ -164,16 +181,14 @@ def main() -> int:
             draws.append(g)
             print(f"draw {seed}{tag} ({g['num_captions']} train captions): R@1 generated {g['generated_r1']:.3f} / "
                   f"real {g['real_r1']:.3f}; SSIM {g['ssim']:.3f}; PSNR {g['psnr']:.2f} dB; frame change "
-                  f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}; through the "
-                  f"autoencoder R@1 {g['reconstructed_r1']:.3f}, SSIM {g['reconstructed_ssim']:.3f}")
-        mean = {k: sum(g[k] for g in draws) / len(draws) for k in
+                  f"{g['temporal_change_generated']:.2f} vs real {g['temporal_change_real']:.2f}" + ceiling(g))
+        mean = {k: sum(g[k] for g in draws) / len(draws) if draws[0][k] is not None else None for k in
                 ("generated_r1", "real_r1", "ssim", "psnr", "temporal_change_generated", "temporal_change_real",
                  "reconstructed_r1", "reconstructed_ssim")}
         print(f"mean of {len(draws)} draws{tag}: R@1 generated {mean['generated_r1']:.3f} / real {mean['real_r1']:.3f} "
               f"(ratio {mean['generated_r1'] / max(mean['real_r1'], 1e-9):.2f}); SSIM {mean['ssim']:.3f}; PSNR "
               f"{mean['psnr']:.2f} dB; frame change {mean['temporal_change_generated']:.2f} vs real "
-              f"{mean['temporal_change_real']:.2f}; real clips through the autoencoder (the ceiling): R@1 "
-              f"{mean['reconstructed_r1']:.3f}, SSIM {mean['reconstructed_ssim']:.3f}")
+              f"{mean['temporal_change_real']:.2f}" + ceiling(mean))
     print("wall-clock: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     print(f"grids (real | generated) in {work}/eval_draw0*_grids; log {log}")
     return 0
