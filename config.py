@@ -48,7 +48,8 @@ class DataConfig:
     data_dir: str = "training_data"  # flat folder of <name>.gif / video + <name>.txt caption pairs
     num_frames: int = 16  # frames per clip, sampled evenly over the whole clip's playing time
     image_size: int = 64  # square training resolution
-    resize_mode: str = "pad"  # "pad" keeps the whole signer (letterbox); "crop" fills the frame
+    resize_mode: str = "pad"  # "pad" keeps the whole frame (letterbox); "crop" fills the square; "fit" cuts up to
+    #                           a quarter of the long side, then pads: 4:3 footage fills the square, 16:9 3/4 of it
     val_fraction: float = 0.05  # deterministic share of clips held out for validation
     cache_dir: str = "cache"  # decoded uint8 clips and caption embeddings, keyed by content + settings
     allow_stills: bool = False  # keep 1-frame clips (a still image teaches no motion: skipped by default)

@@ -141,6 +141,33 @@ def test_non_square_pad_keeps_edges_and_crop_shape(tmp_path):
     assert not (crop[..., 0] > 200).any()  # the crop fills the frame, the edge markers are cut off
 
 
+def test_fit_cuts_at_most_a_quarter_of_the_long_side_then_pads(tmp_path):
+    def write(name, w, h, band=0):
+        frames = []
+        for t in range(3):
+            x = np.zeros((h, w, 3), np.uint8)
+            x[..., 1] = np.linspace(0, 250, h, dtype=np.uint8)[:, None]  # ramps: no row and no column is uniform
+            x[..., 2] = np.linspace(0, 250, w, dtype=np.uint8)[None, :]
+            x[:, :band, 0] = 255  # a red band on the left, which the cut removes
+            x[10 + 20 * t:30 + 20 * t, w // 2 - 10:w // 2 + 10, 0] = 128  # moving block keeps frames distinct
+            frames.append(Image.fromarray(x))
+        save_pil_gif(tmp_path / name, frames)
+        return {mode: load_clip(str(tmp_path / name), 4, 64, mode) for mode in ("pad", "fit")}
+
+    def bar_rows(clip):  # leading rows of one colour: the letterbox (a picture row is never uniform here)
+        return next(n for n in range(64) if not (clip[0, n] == clip[0, 0, 0]).all())
+
+    four_three = write("four_three.gif", 240, 180, band=28)
+    # 4:3 -> its centre 180x180 (a quarter of the width cut) fills the square: no bars, the band cut away
+    assert bar_rows(four_three["fit"]) == 0 and not (four_three["fit"][..., 0] > 200).any()
+    assert bar_rows(four_three["pad"]) == 8 and (four_three["pad"][..., 0] > 200).any()  # 64x48 + bars
+    wide = write("wide.gif", 320, 180)
+    # 16:9: a quarter of 320 cut, 240x180 -> 64x48 and 8-row bars, where pad draws 64x36 with 14-row bars
+    assert bar_rows(wide["fit"]) == 8 and bar_rows(wide["pad"]) == 14
+    bar = wide["fit"][0, 0, 0]
+    assert (wide["fit"][:, -8:] == bar).all() and not (wide["fit"][:, 8:-8] == bar).all(-1).all(-1).any()
+
+
 def test_short_clip_repeats_last_frame(tmp_path):
     grey_ramp_gif(tmp_path / "s.gif", 3)
     clip = load_clip(str(tmp_path / "s.gif"), 16, 16, "pad")
