@@ -26,7 +26,8 @@ from conftest import ROOT, in_process, sets, tiny_overrides
 SCRIPTS = sorted(p.name for p in pathlib.Path(ROOT, "benchmarks").glob("*.py") if not p.name.startswith("_"))
 NEEDS_CHECKPOINT = {"eval_demo.py", "evaluator_blur.py", "frame_strip.py", "serve_screenshot.py", "race.py",
                     "scale_demo.py"}
-START_AT_ONCE = ["bench_gpu.py", "bench_data.py", "bench_tinydit.py", "rest_threshold.py", "bench_autoencoder.py"]
+START_AT_ONCE = ["bench_gpu.py", "bench_data.py", "bench_tinydit.py", "rest_threshold.py", "bench_autoencoder.py",
+                 "framing.py"]
 SLOWEST_FIRST = ["race.py", "scale_demo.py", "bench_demo.py", "bench_logging.py"]  # of the others
 
 NUMBER = r"-?\d+(\.\d+)?"
@@ -47,7 +48,17 @@ FIGURES = {
                          rf"MFU {NUMBER}%"],
     "eval_demo.py": [rf"\| final.pt \| 4 \| {NUMBER} \| {NUMBER} \| train \| 3 x 1 \| {NUMBER} ± {NUMBER} / {NUMBER}"],
     "evaluator_blur.py": [rf"\| 0 \| {NUMBER} \({NUMBER}\) / {NUMBER} \| 1.000 \| 100.00 \| 1.000 \|",
-                          rf"\| 1 \| {NUMBER} \({NUMBER}\) / {NUMBER} \| 0\.\d+ \| {NUMBER} \| {NUMBER} \|"],
+                          rf"\| 1 \| {NUMBER} \({NUMBER}\) / {NUMBER} \| 0\.\d+ \| {NUMBER} \| {NUMBER} \|",
+                          # the checkpoint's clips, plain then sharpened
+                          rf"unsharp mask of sigma 1 px\n.*\n.*\n\| 0 \| {NUMBER} \({NUMBER}\) / {NUMBER} \| "
+                          rf"{NUMBER} \| {NUMBER} \| {NUMBER} \|\n\| 1 \| {NUMBER} \({NUMBER}\)"],
+    # the 2:1 video (the signer twice side by side): pad cuts nothing, crop about half its motion; the letterboxed
+    # square video's black bands are found (16 of its 32 rows)
+    "framing.py": [r"4 clips of .* \(synthetic\)",
+                   r"\| 16:9 and wider \| 1 \| pad \| 0.000 / 0.000 / 0.000 \| 0 \| 0.50 \|",
+                   r"\| 16:9 and wider \| 1 \| crop \| 0\.[45]\d\d / ",
+                   r"\| square \| 2 \| fit \| 0.000 / 0.000 / 0.000 \| 0 \| 1.00 \|",
+                   r"baked-in bars over 5% of a side: 1 clips, median 0.50 of the side"],
     "frame_strip.py": [r"'yes no please': real clip .*, 1 generated \(guidance", r"strip.png: per caption"],
     "race.py": [r"tiny: 2 steps in", rf"\| tiny \| DiT-Test/4 \| {NUMBER}M \| 2 \| {NUMBER} \| {NUMBER} \|"],
     "rest_threshold.py": [rf"still signer 32px, camera noise sigma 2, H.264 crf 23: change mean {NUMBER}",
@@ -88,7 +99,7 @@ class Tiny:
             "bench_logging.py": ["--data", self.data, *sets(self.fields(tmp))],
             "eval_demo.py": ["--checkpoints", self.ckpt],
             "evaluator_blur.py": ["--evaluator", self.evaluator, "--preset", "demo",
-                                  *sets(self.fields(tmp, outputs=True))],
+                                  *sets(self.fields(tmp, outputs=True)), "--checkpoint", self.ckpt],
             "frame_strip.py": ["--checkpoint", self.ckpt],
             "serve_screenshot.py": ["--checkpoint", self.ckpt],
             "race.py": ["--evaluator", self.evaluator, "--run", "tiny", *self.fields(tmp, outputs=True)],
