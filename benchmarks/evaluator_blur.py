@@ -47,20 +47,24 @@ def gaussian_blur(clips: np.ndarray, sigma: float) -> np.ndarray:
     edges repeated)."""
     if sigma <= 0:
         return clips
-    return to_uint8(_blurred(clips, sigma), clips.shape)
+    return to_uint8(_blurred(frames_of(clips), sigma), clips.shape)
 
 
 def unsharp(clips: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     """clips + amount x (clips - gaussian_blur(clips, sigma)), per frame: edges and detail amplified."""
     if amount <= 0:
         return clips
-    x = torch.from_numpy(clips).float().permute(0, 1, 4, 2, 3).flatten(0, 1)  # (K*T, 3, H, W)
-    return to_uint8(x + amount * (x - _blurred(clips, sigma)), clips.shape)
+    x = frames_of(clips)
+    return to_uint8(x + amount * (x - _blurred(x, sigma)), clips.shape)
 
 
-def _blurred(clips: np.ndarray, sigma: float) -> torch.Tensor:
+def frames_of(clips: np.ndarray) -> torch.Tensor:
+    """(K, T, H, W, 3) uint8 -> (K*T, 3, H, W) float."""
+    return torch.from_numpy(clips).float().permute(0, 1, 4, 2, 3).flatten(0, 1)
+
+
+def _blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(3 * sigma + 0.5))
-    x = torch.from_numpy(clips).float().permute(0, 1, 4, 2, 3).flatten(0, 1)  # (K*T, 3, H, W)
     return separable_filter(F.pad(x, (r, r, r, r), mode="replicate"), gaussian_window(2 * r + 1, sigma, x))
 
 
@@ -68,6 +72,15 @@ def to_uint8(x: torch.Tensor, shape: tuple) -> np.ndarray:
     """(K*T, 3, H, W) float -> (K, T, H, W, 3) uint8, rounded and clipped."""
     K, T, H, W, C = shape
     return x.view(K, T, C, H, W).permute(0, 1, 3, 4, 2).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def row(label: str, scores: list[dict]) -> str:
+    """One table row: the draws' mean R@1 (and each draw's), SSIM, PSNR and training-free R@1."""
+    def mean(key):
+        return sum(s[key] for s in scores) / len(scores)
+    per_draw = ", ".join(f"{s['generated_r1']:.3f}" for s in scores)
+    return (f"| {label} | {mean('generated_r1'):.3f} ({per_draw}) / {mean('real_r1'):.3f} | {mean('ssim'):.3f} | "
+            f"{mean('psnr'):.2f} | {mean('nn_generated_r1'):.3f} |")
 
 
 def smoke_setup(tmp: str) -> tuple[str, list[str]]:
@@ -130,12 +143,7 @@ def main() -> int:
           "|---|---|---|---|---|")
     for sigma in args.sigmas:
         scores = [score_clips(ev, text, real, gaussian_blur(real, sigma), names) for names, real, text in draws]
-
-        def mean(key):
-            return sum(s[key] for s in scores) / len(scores)
-        per_draw = ", ".join(f"{s['generated_r1']:.3f}" for s in scores)
-        print(f"| {sigma:g} | {mean('generated_r1'):.3f} ({per_draw}) / {mean('real_r1'):.3f} | {mean('ssim'):.3f} | "
-              f"{mean('psnr'):.2f} | {mean('nn_generated_r1'):.3f} |", flush=True)
+        print(row(f"{sigma:g}", scores), flush=True)
     if pipe:
         sharpened(pipe, ev, draws, args, cfg.data.cache_dir)
     return 0
@@ -154,11 +162,7 @@ def sharpened(pipe: SignPipeline, ev, draws: list, args, cache_dir: str) -> None
     for amount in args.amounts:
         scores = [score_clips(ev, text, real, unsharp(gen, args.radius, amount), names)
                   for (names, real, text), gen in zip(draws, generated)]
-        per_draw = ", ".join(f"{s['generated_r1']:.3f}" for s in scores)
-        mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("generated_r1", "real_r1", "ssim", "psnr",
-                                                                     "nn_generated_r1")}
-        print(f"| {amount:g} | {mean['generated_r1']:.3f} ({per_draw}) / {mean['real_r1']:.3f} | {mean['ssim']:.3f} | "
-              f"{mean['psnr']:.2f} | {mean['nn_generated_r1']:.3f} |", flush=True)
+        print(row(f"{amount:g}", scores), flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from data.synth import render_clip  # noqa: E402
-from dataset import FIT_CUT, SCAN_FRAMES, sample_frame_indices  # noqa: E402
+from dataset import FIT_CUT, SCAN_FRAMES, centre_cut, sample_frame_indices  # noqa: E402
 from utils.video import is_video, read_video, write_video  # noqa: E402
 
 DARK = 16  # grey level below which a border line counts as a letterbox bar
@@ -41,12 +41,10 @@ def measure(frames: np.ndarray) -> dict:
     motion = np.abs(np.diff(grey, axis=0)).mean(axis=0)  # (H, W)
     h, w = motion.shape
     long, short = max(h, w), min(h, w)
-    along = motion.sum(axis=1 if h > w else 0)  # (long,): motion per line across the long side
     out = dict(shape=next(name for limit, name in SHAPES if long / short < limit))
     for mode, most in MODES.items():
-        keep = max(short, round(long * (1 - most)))  # the centred lines of the long side the mode keeps
-        start = (long - keep) // 2
-        out[mode] = (float(1 - along[start:start + keep].sum() / max(along.sum(), 1e-9)), short / keep)
+        kept = centre_cut(motion[None, :, :, None], most)[0, :, :, 0]  # (h', w'): what the loader's cut keeps
+        out[mode] = (float(1 - kept.sum() / max(motion.sum(), 1e-9)), short / max(kept.shape))
     dark = grey.max(axis=0) < DARK  # (H, W): never brighter than DARK
     rows, cols = dark.all(axis=1), dark.all(axis=0)
     out.update(bars=max((_run(rows) + _run(rows[::-1])) / h, (_run(cols) + _run(cols[::-1])) / w))
