@@ -38,12 +38,12 @@ def test_random_kills_then_resume_give_bit_identical_weights(tmp_path, synth_dir
     killed = tiny_overrides(tmp_path, synth_dir, tiny_encoder, **common, **{"train.exp_name": "killed"})
     exp = tmp_path / "checkpoints" / "killed"
     rng, kills = random.Random(1234), 0
-    while kills < KILLS:
-        log_path = tmp_path / f"killed{kills}.log"
-        with open(log_path, "w") as log:
-            proc = start(killed, tmp_path, (exp / "latest.pt").exists(), log)
+    while True:  # every run but the last is killed; the last one (never a second process beside it) runs to the end
         resumed_at = load_checkpoint(str(exp / "latest.pt"))["step"] if (exp / "latest.pt").exists() else 0
-        if resumed_at >= 23:
+        log_path = tmp_path / f"run{kills}.log"
+        with open(log_path, "w") as log:
+            proc = start(killed, tmp_path, resumed_at > 0, log)
+        if kills >= KILLS or resumed_at >= 23:
             break
         target = rng.randint(resumed_at + 1, 23)  # a step of this run, then a random moment inside it or its save
         deadline = time.time() + 120
@@ -54,9 +54,7 @@ def test_random_kills_then_resume_give_bit_identical_weights(tmp_path, synth_dir
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         kills += 1
-    with open(tmp_path / "last.log", "w") as log:
-        proc = start(killed, tmp_path, (exp / "latest.pt").exists(), log)
-    assert proc.wait(timeout=300) == 0, (tmp_path / "last.log").read_text()
+    assert proc.wait(timeout=300) == 0, log_path.read_text()
 
     want = load_checkpoint(str(tmp_path / "checkpoints" / "full" / "final.pt"))
     got = load_checkpoint(str(exp / "final.pt"))
