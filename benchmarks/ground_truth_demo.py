@@ -51,6 +51,10 @@ def main() -> None:
     p.add_argument("--real-only", action="store_true", help="score rendered clips only: no checkpoint")
     p.add_argument("--size", type=int, default=32, help="--real-only: frame size")
     p.add_argument("--frames", type=int, default=8, help="--real-only: frames per clip")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the checkpoint's)")
+    p.add_argument("--noise_correlation", type=float, default=None,
+                   help="starting noise shared by the frames (default: the checkpoint's)")
     p.add_argument("--smoke", action="store_true", help="--real-only on 3 captions: checks the script runs")
     args = p.parse_args()
     if args.smoke:
@@ -80,8 +84,9 @@ def main() -> None:
     texts = [" ".join(c) for c in captions for _ in range(args.samples)]
     seeds = [sample_seed(args.seed, " ".join(c), k) for c in captions for k in range(args.samples)]
     t0 = time.perf_counter()
-    clips = pipe(texts, seeds=seeds, progress=True)
-    print(f"\ngenerated {len(clips)} clips in {time.perf_counter() - t0:.1f} s")
+    settings = pipe.settings(steps=args.steps, guidance=args.guidance, noise_correlation=args.noise_correlation)
+    clips = pipe(texts, seeds=seeds, settings=settings, progress=True)
+    print(f"\ngenerated {len(clips)} clips in {time.perf_counter() - t0:.1f} s ({settings})")
     gen = score_clips(clips, [tuple(t.split()) for t in texts], source)
     print(format_table(gen, f"\n{os.path.basename(args.checkpoint)}: generated clips"))
     print("\n| clips | place px | DTW px | shape | colour | PCK | word | order | background |\n" + "|---" * 9 + "|")

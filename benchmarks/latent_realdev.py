@@ -31,6 +31,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from config import real  # noqa: E402  (the preset the benchmark measures)
 REALDEV = os.path.join(ROOT, "..", "shared", "realdev", "clips")
 # 64 Thai dictionary words with one clip each, evenly spaced through the alphabetical list of such captions
 THAI64 = [
@@ -92,7 +93,8 @@ def ceiling(scores: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subset", default="thai64", choices=("thai64", "thai", "all"))
-    p.add_argument("--steps", type=int, default=3000, help="latent training steps")
+    p.add_argument("--steps", type=int, default=None, help="latent training steps (default: the real preset's "
+                   "train.max_steps)")
     p.add_argument("--autoencoder", default=None, metavar="DIR", help="a trained autoencoder folder to reuse")
     p.add_argument("--ae-steps", dest="ae_steps", type=int, default=None,
                    help="autoencoder training steps (default: the real preset's autoencoder.steps)")
@@ -146,7 +148,7 @@ def main() -> int:
         ae = last_line(log)
         print(f"autoencoder: {times['autoencoder']:.0f} s -> {ae}; " + ", ".join(
             line for line in open(log, encoding="utf-8").read().splitlines() if "PSNR" in line)[-200:])
-    steps = 4 if args.smoke else args.steps
+    steps = 4 if args.smoke else args.steps or real().train.max_steps
     space = ["--set", "autoencoder.kind=none"] if args.pixels else [
         "--set", "autoencoder.kind=own", "--set", f"autoencoder.path={ae}"]
     latent = [*space, "--set", f"train.max_steps={steps}", "--set", f"train.sample_every={steps}",
