@@ -39,7 +39,7 @@ MINIMUMS = {
     "eval.evaluator_depth": 1, "eval.evaluator_steps": 1, "eval.evaluator_batch_size": 2,
     "autoencoder.steps": 1, "autoencoder.batch_frames": 1, "autoencoder.kl_weight": 0, "autoencoder.ssim_weight": 0,
     "autoencoder.crop": 0, "autoencoder.latent_noise": 0, "autoencoder.equivariance_weight": 0,
-    "autoencoder.decoder_steps": 0, "autoencoder.decoder_noise": 0,
+    "autoencoder.decoder_steps": 0, "autoencoder.decoder_noise": 0, "autoencoder.decoder_noise_spread": 0,
 }
 
 
@@ -164,6 +164,8 @@ class AutoencoderConfig:
     decoder_steps: int = 0  # train-autoencoder: more steps after `steps` that train the decoder alone (encoder
     #                         frozen, so the latents stay) on latents with decoder_noise: clean decoded samples
     decoder_noise: float = 0.5  # noise (x the latents' spread) in those steps: the size of a sampler's latent errors
+    decoder_noise_spread: float = 0.0  # each latent's noise level drawn from [decoder_noise - this, decoder_noise]:
+    #                                    a decoder that smooths heavy errors and keeps near-clean latents sharper
     equivariance_weight: float = 0.0  # weight of L1(decode(latents halved), frames halved) (EQ-VAE): latents that
     #                                   look like small images, spatially smooth, so easier to diffuse
 
@@ -239,6 +241,9 @@ class Config:
             ("autoencoder.crop", self.autoencoder.crop == 0 or (self.autoencoder.crop % self.autoencoder.down == 0
                                                                 and self.autoencoder.crop <= self.data.image_size),
              "must be 0 (whole frames) or a multiple of autoencoder.down up to data.image_size"),
+            ("autoencoder.decoder_noise_spread",
+             self.autoencoder.decoder_noise_spread <= self.autoencoder.decoder_noise,
+             "must be <= autoencoder.decoder_noise (a noise level is not negative)"),
         ]
         for name, ok, why in checks:
             if not ok:

@@ -166,6 +166,34 @@ def test_latent_noise_is_relative_to_the_latents():
         assert float(added.std() / noisy["mean"].std()) == pytest.approx(0.5, rel=0.1)  # 2048 draws: ~2% spread
 
 
+def test_decoder_noise_levels_one_or_spread():
+    """The decoder-only steps' noise: decoder_noise x the latents' spread for every latent, or with a spread a level
+    per latent drawn from [decoder_noise - spread, decoder_noise]."""
+    from types import SimpleNamespace
+
+    from methods.training.autoencoder import AutoencoderRun
+
+    torch.manual_seed(0)
+    model = FrameAutoencoder(4, 4, 16)
+    model.decoder = torch.nn.Identity()  # recon = the noisy latents themselves
+    x = torch.rand(64, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        mean = model.posterior(x)[0]
+
+    def levels(spread):  # each latent's noise std (256 values each) in units of the latents' spread
+        run = SimpleNamespace(model=model, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            recon = AutoencoderRun.decoder_pass(run, x, 0.8, spread)["recon"]
+        return ((recon - mean) / mean.std()).flatten(1).std(dim=1)
+
+    one, half, whole = levels(0.0), levels(0.4), levels(0.8)
+    assert 0.7 < float(one.min()) and float(one.max()) < 0.9  # 0.8 each (a 256-value std: ~4% spread)
+    assert 0.35 < float(half.min()) < 0.45 and 0.75 < float(half.max()) < 0.9 and 0.55 < float(half.mean()) < 0.65
+    assert float(whole.min()) < 0.05 and float(whole.max()) > 0.7 and 0.3 < float(whole.mean()) < 0.5
+    with pytest.raises(ConfigError, match="decoder_noise_spread"):
+        load_config("real", ["autoencoder.decoder_noise_spread=1.5"])
+
+
 def test_an_empty_path_is_this_experiments_autoencoder(tmp_path, synth_dir):
     cfg = load_config("real", [f"data.data_dir={synth_dir}", f"train.checkpoint_dir={tmp_path}"])
     assert cfg.autoencoder.kind == "own"

@@ -145,7 +145,7 @@ class AutoencoderRun:
         if self.decoder_phase:
             if self.step == ac.steps:  # the decoder's moments start afresh with its new schedule
                 self.optimizer.state.clear()
-            out = self.decoder_pass(x, ac.decoder_noise)
+            out = self.decoder_pass(x, ac.decoder_noise, ac.decoder_noise_spread)
         else:
             out = self.model(x, generator=self.generator, latent_noise=ac.latent_noise)
         l1 = (out["recon"] - x).abs().mean()
@@ -165,12 +165,17 @@ class AutoencoderRun:
         return {"loss": loss.item(), "l1": l1.item(), "ssim_loss": ssim_loss.item(), "kl": out["kl"].item(),
                 "equivariance": equivariance.item(), "lr": self.optimizer.param_groups[0]["lr"]}
 
-    def decoder_pass(self, x: torch.Tensor, noise: float) -> dict:
-        """The frozen encoder's posterior means plus noise x their spread, decoded: gradients reach the decoder only."""
+    def decoder_pass(self, x: torch.Tensor, noise: float, spread: float = 0.0) -> dict:
+        """The frozen encoder's posterior means plus noise x their spread, decoded: gradients reach the decoder only.
+        With `spread`, each latent's noise level is drawn from [noise - spread, noise]."""
         with torch.no_grad():
             mean = self.model.posterior(x)[0]
         eps = torch.randn(mean.shape, generator=self.generator, dtype=mean.dtype).to(mean.device)
-        return {"recon": self.model.decode(mean + noise * mean.std() * eps), "kl": torch.zeros((), device=x.device)}
+        level = noise
+        if spread:
+            u = torch.rand((len(mean), 1, 1, 1), generator=self.generator, dtype=mean.dtype)
+            level = (noise - spread + spread * u).to(mean.device)
+        return {"recon": self.model.decode(mean + level * mean.std() * eps), "kl": torch.zeros((), device=x.device)}
 
     @torch.no_grad()
     def evaluate(self, max_frames: int) -> dict:
