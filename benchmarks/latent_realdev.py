@@ -14,8 +14,8 @@ pixels, and SSIM / PSNR / frame change compare decoded generated clips with the 
 R@1 and SSIM of the real clips encoded and decoded by the autoencoder are the latent space's ceiling. --guidance G1 G2
 scores the same trained model at each classifier-free guidance scale (default: the preset's). --autoencoder reuses a
 trained one (its folder) instead of training. --pixels trains the same recipe on pixels (`autoencoder.kind=none`, no
-autoencoder stage, no ceiling): the other side of the latent-against-pixel race. --sample-steps scores with fewer
-sampler steps (a pixel model's sampling costs minutes a draw). --smoke: a tiny synthetic folder, a few steps of each
+autoencoder stage, no ceiling): the other side of the latent-against-pixel race. --sample-steps N scores with N
+sampler steps instead of the checkpoint's own (10 for `real`). --smoke: a tiny synthetic folder, a few steps of each
 stage, so the script is checked in seconds; it measures nothing.
 """
 from __future__ import annotations
