@@ -118,7 +118,8 @@ def cmd_sample(args) -> int:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     if not all(t.strip() for t in args.text):
         raise UserError("--text must not be empty or only spaces")
-    pipe = SignPipeline.from_pretrained(args.checkpoint or args.model, select_device(args.device))
+    pipe = SignPipeline.from_pretrained(args.checkpoint or args.model, select_device(args.device),
+                                        autoencoder=args.autoencoder)
     settings = pipe.settings(**sampling_flags(args))
     pipe.warn_unknown_words(args.text)
     out_dir = args.output_dir or os.path.join(pipe.cfg.train.sample_dir, pipe.cfg.train.exp_name)
@@ -170,7 +171,8 @@ def cmd_evaluate(args) -> int:
     report = evaluate(args.checkpoint or args.model, data_dir=args.data, split=args.split,
                       num_captions=args.num_captions,
                       sampling=sampling_flags(args), num_samples=args.num_samples, seed=args.seed, out=args.out,
-                      evaluator=args.evaluator, device=args.device, batch_size=args.batch_size)
+                      evaluator=args.evaluator, device=args.device, batch_size=args.batch_size,
+                      autoencoder=args.autoencoder)
     for name, g in report["groups"].items():
         print(f"{name}: R@1 generated {g['generated_r1']:.3f} ± {g['generated_r1_se']:.3f} / real "
               f"{g['real_r1']:.3f} / chance {g['chance_r1']:.3f} ({g['num_captions']} captions x "
@@ -303,6 +305,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="share of the noise a clip's frames have in common, in [0, 1); higher flickers less "
                         "(default: diffusion.sample_noise_correlation)")
     p.add_argument("--seed", type=int, default=0, help="clip j of caption c draws its noise from (seed, c, j)")
+    p.add_argument("--autoencoder", default=None, metavar="DIR",
+                   help="a latent model: decode with this autoencoder folder instead of the one it names; another "
+                        "decoder of the same encoder (said if the encoder differs), see docs/latent.md")
     p.add_argument("--batch_size", type=int, default=16,
                    help="clips sampled at once (bounds memory); each clip has its own seed, so the clips do not change")
     p.add_argument("--device", default="auto")

@@ -146,12 +146,13 @@ class LatentDataset:
     def __init__(self, pixels, autoencoder, device, quiet: bool = False):
         self.pixels, self.caption_vocab, self.caption_ids = pixels, pixels.caption_vocab, pixels.caption_ids
         self.autoencoder_hash = autoencoder.content_hash()  # hashing every weight: once
+        self.encoder_hash = autoencoder.encoder_hash()  # what sampling may decode with: this encoder's decoders
         self.latents = self.load(pixels, autoencoder, torch.device(device), quiet)  # (N, C, T, h, w) float16
         self.norm = LatentNorm.measure(self.latents)
 
     def state(self) -> dict:
         """What a checkpoint keeps (primitives): the normalisation and which autoencoder's latents it measured."""
-        return {**self.norm.to_dict(), "autoencoder": self.autoencoder_hash}
+        return {**self.norm.to_dict(), "autoencoder": self.autoencoder_hash, "encoder": self.encoder_hash}
 
     def resume(self, latent) -> None:
         """Continue on a checkpoint's normalisation (its state()), refusing one from another autoencoder or pixels."""

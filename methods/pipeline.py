@@ -47,9 +47,11 @@ class SignPipeline:
         self.defaults = SamplingSettings.resolve(cfg.diffusion)
 
     @classmethod
-    def from_pretrained(cls, path: str, device="cpu", text_encoder: bool = True) -> "SignPipeline":
+    def from_pretrained(cls, path: str, device="cpu", text_encoder: bool = True,
+                        autoencoder: str | None = None) -> "SignPipeline":
         """A checkpoint file or an exported folder; its EMA weights in eval mode on `device`. text_encoder=False
-        for callers that bring their own caption embeddings (`evaluate`'s cached ones)."""
+        for callers that bring their own caption embeddings (`evaluate`'s cached ones). autoencoder: a folder (or
+        kl / tiny name) to decode with instead of the one the model names: another decoder of its encoder."""
         from models.text_encoder import FrozenTextEncoder
 
         state = read_export(path) if os.path.isdir(path) else load_checkpoint(path)
@@ -58,6 +60,10 @@ class SignPipeline:
             raise UserError(f"{path} holds non-finite EMA weights ({bad}): the run diverged before it was saved; "
                             f"sample an earlier checkpoint")
         cfg = config_from_checkpoint(state)
+        if autoencoder:
+            if cfg.autoencoder.kind == "none":
+                raise UserError(f"{path} is a pixel model: it decodes nothing, so --autoencoder does not apply")
+            cfg.autoencoder.path = autoencoder
         with torch.device("meta"):  # shapes only: a config declaring a model far larger than its file costs nothing
             check_weights_fit(build_video_model(cfg, state["text_dim"]), state["ema"], path)
         model = build_video_model(cfg, state["text_dim"])
@@ -159,7 +165,8 @@ class SignPipeline:
 def latent_parts(cfg, state: dict, path: str, device) -> tuple:
     """(autoencoder, LatentNorm) of a latent model's checkpoint or export, or (None, None) for a pixel one. The
     autoencoder is the one its config names (an export's own copy, or a kl / tiny name); a different one than training
-    encoded with (another content hash) would decode garbage silently, so it is said."""
+    encoded with (another content hash) would decode garbage silently, so it is said; another decoder of the same
+    encoder (the checkpoint's encoder hash) decodes the same latents, so it is only named."""
     if cfg.autoencoder.kind == "none":
         return None, None
     latent = state.get("latent")
@@ -168,6 +175,10 @@ def latent_parts(cfg, state: dict, path: str, device) -> tuple:
                         f"(not written by this version's trainer): retrain it")
     autoencoder = load_autoencoder(cfg.autoencoder, device)
     if latent.get("autoencoder") and latent["autoencoder"] != autoencoder.content_hash():
-        print(f"warning: the autoencoder at {cfg.autoencoder.path} is not the one {path} was trained on (its weights "
-              f"or config differ): clips may decode wrongly", file=sys.stderr)
+        if latent.get("encoder") == autoencoder.encoder_hash():
+            print(f"decoding with {cfg.autoencoder.path}: the encoder {path} was trained on, another decoder",
+                  file=sys.stderr)
+        else:
+            print(f"warning: the autoencoder at {cfg.autoencoder.path} is not the one {path} was trained on (its "
+                  f"encoder's weights or config differ): clips may decode wrongly", file=sys.stderr)
     return autoencoder, LatentNorm.from_dict(latent)

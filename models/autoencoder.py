@@ -29,6 +29,7 @@ from utils.atomic import atomic_write
 from utils.errors import UserError
 from utils.safe_json import read_json
 
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")  # state-dict names of the decoding half (own, KL and Tiny)
 AUTOENCODER_KINDS = ("none", "own", "kl", "tiny")  # pixels, models/autoencoder.py's own, diffusers KL, diffusers TAESD
 FORMAT = "text2sign-autoencoder"
 FORMAT_VERSION = 1
@@ -168,6 +169,9 @@ class FrameAutoencoder(nn.Module):
     def content_hash(self) -> str:
         return weights_hash(self.config(), self.state_dict())
 
+    def encoder_hash(self) -> str:
+        return encoder_hash(self.config(), self.state_dict())
+
     def save(self, folder: str, meta: dict | None = None) -> None:
         """folder/model.safetensors + folder/config.json (the architecture, scaling factor and `meta`)."""
         from safetensors.torch import save
@@ -220,6 +224,12 @@ def weights_hash(config: dict, state: dict) -> str:
     return h.hexdigest()
 
 
+def encoder_hash(config: dict, state: dict) -> str:
+    """weights_hash of the encoding half: another decoder of the same encoder (decoder-only steps trained anew, or a
+    fine-tuned decoder like SD's sd-vae-ft-mse) has the same key, so it decodes a model's latents as intended."""
+    return weights_hash(config, {k: v for k, v in state.items() if not k.startswith(DECODER_PREFIXES)})
+
+
 class DiffusersAutoencoder(nn.Module):
     """A frozen diffusers AutoencoderKL (encode -> the posterior mean) or AutoencoderTiny behind the shared interface;
     the scaling factor and the downsampling come from the model's own config."""
@@ -243,6 +253,9 @@ class DiffusersAutoencoder(nn.Module):
 
     def content_hash(self) -> str:
         return weights_hash({"kind": self.kind, **dict(self.vae.config)}, self.vae.state_dict())
+
+    def encoder_hash(self) -> str:
+        return encoder_hash({"kind": self.kind, **dict(self.vae.config)}, self.vae.state_dict())
 
 
 def load_diffusers(kind: str, name: str) -> nn.Module:

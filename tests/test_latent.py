@@ -199,3 +199,58 @@ def test_evaluate_scores_real_clips_through_the_autoencoder(tmp_path, synth_dir,
     assert group["reconstructed_ssim"] == pytest.approx(
         sum(float(ssim(b, r).mean()) for b, r in zip(back, real)) / 3, abs=2e-3)
     assert 0 <= group["reconstructed_r1"] <= 1 and "real clips through the autoencoder" in done.stderr
+
+
+def test_decode_with_another_decoder_of_the_same_encoder(tmp_path, synth_dir, tiny_encoder, autoencoder_dir):
+    """sample / evaluate --autoencoder: a folder whose encoder is the model's (the same encoder hash) decodes its
+    latents with its own decoder and is named, not warned about; one whose encoder differs is warned about; a pixel
+    model refuses the flag in one line."""
+    import json
+
+    from methods.pipeline import SignPipeline
+
+    base = FrameAutoencoder.from_folder(autoencoder_dir)
+    other_decoder, other_encoder = FrameAutoencoder.from_folder(autoencoder_dir), FrameAutoencoder.from_folder(
+        autoencoder_dir)
+    with torch.no_grad():
+        other_decoder.decoder.conv_out.bias += 0.5
+        other_encoder.encoder.conv_in.weight.mul_(1.01)
+    assert other_decoder.encoder_hash() == base.encoder_hash() != other_encoder.encoder_hash()
+    assert other_decoder.content_hash() != base.content_hash()
+    other_decoder.save(str(tmp_path / "decoder2"))
+    other_encoder.save(str(tmp_path / "encoder2"))
+
+    over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"train.max_steps": 2})
+    assert in_process("train", *sets(over)).returncode == 0
+    ckpt = str(tmp_path / "checkpoints" / "tiny" / "final.pt")
+    assert load_checkpoint(ckpt)["latent"]["encoder"] == base.encoder_hash()
+    own = SignPipeline.from_pretrained(ckpt, text_encoder=False)
+    swapped = SignPipeline.from_pretrained(ckpt, text_encoder=False, autoencoder=str(tmp_path / "decoder2"))
+    x = torch.randn(1, 4, 4, 4, 4)  # (B, C, T, h, w): one latent clip, decoded by each
+    with torch.no_grad():
+        expected = other_decoder.decode(own.latent_norm.from_model(x)[0].transpose(0, 1))  # (T, 3, 16, 16)
+    assert torch.allclose(swapped.decode(x)[0].transpose(0, 1), expected, atol=1e-5)
+    assert not torch.allclose(own.decode(x), swapped.decode(x), atol=0.1)
+
+    common = ["--text", "hello", "--seed", "3"]
+    done = in_process("sample", "--checkpoint", ckpt, "--autoencoder", tmp_path / "decoder2", *common,
+                      "--output_dir", tmp_path / "a")
+    assert done.returncode == 0 and "another decoder" in done.stderr and "warning" not in done.stderr, done.stderr
+    done = in_process("sample", "--checkpoint", ckpt, "--autoencoder", tmp_path / "encoder2", *common,
+                      "--output_dir", tmp_path / "b")
+    assert done.returncode == 0 and "warning: the autoencoder at" in done.stderr, done.stderr
+
+    done = in_process("train-evaluator", *sets(over + ["eval.evaluator_steps=2", "eval.evaluator_dim=8",
+                                                       "eval.evaluator_render=false"]), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "report.json"
+    done = in_process("evaluate", "--checkpoint", ckpt, "--split", "train", "--num_captions", "3", "--steps", "2",
+                      "--autoencoder", tmp_path / "decoder2", "--out", out, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(out.read_text())["autoencoder"] == str(tmp_path / "decoder2")
+
+    pixel = tiny_overrides(tmp_path, synth_dir, tiny_encoder, **{"train.max_steps": 1, "train.exp_name": "pixel"})
+    assert in_process("train", *sets(pixel)).returncode == 0
+    done = in_process("sample", "--checkpoint", tmp_path / "checkpoints" / "pixel" / "final.pt", "--autoencoder",
+                      tmp_path / "decoder2", *common)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "pixel model" in done.stderr
