@@ -3,10 +3,11 @@ the evaluator on the real clips, evaluate on decoded pixels, draw a frame strip.
 
     python benchmarks/latent_realdev.py --subset thai64 --steps 3000 [--autoencoder DIR] [--ae-steps 500]
         [--evaluator PATH] [--draws 3] [--guidance G ...] [--size 64] [--down 4] [--set FIELD=VALUE ...]
-        [--ae-set FIELD=VALUE ...] [--work DIR] [--pixels] [--sample-steps N] [--smoke]
+        [--ae-set FIELD=VALUE ...] [--work DIR] [--pixels] [--sample-steps N] [--clips DIR] [--smoke]
 
 Reads the clips from ../shared/realdev/clips (453 real Thai and British Sign Language clips, 128 px, with captions):
-development and measurement only, never copied into the project or its tests. The chosen clips are copied into --work
+development and measurement only, never copied into the project or its tests (--clips DIR reads them from another
+place, e.g. a copy on a GPU machine outside this checkout's parent). The chosen clips are copied into --work
 (default: a temp folder outside the project). Subsets: thai64 (the 64 Thai words of THAI64, one clip each), thai (all
 344 Thai clips), all (all 453). Each stage is the real CLI (`train-autoencoder`, `train`, `train-evaluator`,
 `evaluate --split train`), timed; the R@1 of generated clips is scored by an evaluator trained on the real clips'
@@ -114,8 +115,11 @@ def main() -> int:
     p.add_argument("--pixels", action="store_true", help="train on pixels (autoencoder.kind=none): no autoencoder")
     p.add_argument("--sample-steps", dest="sample_steps", type=int, default=None,
                    help="sampler steps of evaluate (default: the checkpoint's)")
+    p.add_argument("--clips", default=REALDEV, metavar="DIR", help="the realdev clip + caption folder (default: %(default)s)")
     p.add_argument("--smoke", action="store_true", help="tiny synthetic data, a few steps: checks the script runs")
     args = p.parse_args()
+    if not args.smoke and not os.path.isdir(args.clips):
+        sys.exit(f"no realdev clips at {args.clips}: name their folder with --clips DIR")
 
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="latent_realdev_"))
     data, log = os.path.join(work, "clips"), os.path.join(work, "log.txt")
@@ -127,8 +131,8 @@ def main() -> int:
         n = 6
         print(f"smoke: 6 synthetic clips in {data}")
     else:
-        n = pick_clips(args.subset, REALDEV, data)
-        print(f"reading {REALDEV} (real footage: development and measurement only); {n} clips of subset "
+        n = pick_clips(args.subset, args.clips, data)
+        print(f"reading {args.clips} (real footage: development and measurement only); {n} clips of subset "
               f"{args.subset} copied to {data}")
     size, frames = (16, 4) if args.smoke else (args.size, 16)
     common = [f"data.data_dir={data}", f"data.image_size={size}", f"data.num_frames={frames}",
