@@ -362,6 +362,27 @@ def test_cli_train_evaluator_and_evaluate(tmp_path, tiny_encoder, capsys, monkey
         (str(other), trained["num_frames"], trained["image_size"], trained["resize_mode"])
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_train_evaluator_trains_on_the_configured_device(tmp_path, tiny_encoder, device):
+    """train.device decides where the evaluator trains: an absent device is the one-line error of every command, and
+    where a GPU is present it trains the same steps as the CPU (augmentation draws stay on the CPU), to float
+    tolerance (cuDNN's TF32 convolutions)."""
+    data = tmp_path / "data"
+    write_dataset(str(data), 16, seed=2, size=32, num_frames=8, holdout=3)
+    base = tiny_overrides(tmp_path, str(data), tiny_encoder, **{"eval.evaluator_steps": 5, "eval.evaluator_dim": 16,
+                                                                "eval.evaluator_render": False})
+    if device == "cuda" and not torch.cuda.is_available():
+        r = in_process("train-evaluator", *sets(base + ["train.device=cuda"]), cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.strip() == \
+            "error: train.device='cuda' but no such CUDA device is available here", r.stderr
+        return
+    infos = {name: train_evaluator(load_config("demo", base + [f"train.device={name}", f"train.exp_name={name}"]),
+                                   quiet=True) for name in {"cpu", device}}
+    assert infos[device]["final_loss"] == pytest.approx(infos["cpu"]["final_loss"], rel=1e-2)
+    ev, _ = load_evaluator(infos[device]["path"])  # saved on the CPU whatever it trained on
+    assert all(p.device.type == "cpu" for p in ev.parameters())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Training-free scores: kernel distance and nearest-neighbour retrieval in fixed pixel features
 

@@ -29,6 +29,7 @@ from methods.evaluation.store import EVALUATOR_FILE, PREPROCESSING, save_evaluat
 from methods.synth_truth import SWAPS, swapped_clip, truth_source
 from models.text_encoder import embed_captions
 from schedulers import lr_factor
+from utils.device import select_device
 
 WEIGHT_DECAY = 0.01  # AdamW decay: a small model making many passes over few clips
 WARMUP_SHARE = 20  # warm up over the first 1/20 of the steps: InfoNCE with a learned temperature is unstable early
@@ -141,6 +142,9 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
     + the data's train split when it trained on a render), save next to the checkpoints."""
     ec, dc = cfg.eval, cfg.data
     t0 = time.perf_counter()
+    # train.device, decided before minutes of decoding (on the CPU of an H200 machine beside two GPU runs a step
+    # took 4 s, against 0.35 s on 2 idle cores)
+    device = select_device(cfg.train.device)
     render = independent_render(cfg, quiet)
     train = (SignDataset(dataclasses.replace(dc, data_dir=render), "all", quiet=quiet) if render
              else SignDataset(dc, "train", quiet=quiet))
@@ -156,7 +160,7 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
     neg_row = torch.tensor([row.get(reversed_words(c) or "", -1) for c in train.caption_vocab])  # per caption id
     torch.manual_seed(cfg.train.seed)
     model = Evaluator(text.pooled.shape[1], dc.image_size, dc.num_frames, ec.evaluator_dim, ec.evaluator_patch,
-                      ec.evaluator_depth)
+                      ec.evaluator_depth).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=ec.evaluator_lr, weight_decay=WEIGHT_DECAY)
     steps = ec.evaluator_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -167,18 +171,20 @@ def train_evaluator(cfg: Config, quiet: bool = False) -> dict:
     model.train()
     for step in bar:
         idx = torch.randint(len(train), (min(ec.evaluator_batch_size, len(train)),), generator=g)
-        f = model.frame_features(augment(clips_to_input(train.clips[idx]), g))
+        # augmented on the CPU with g, then moved: the same random draws on any device
+        f = model.frame_features(augment(clips_to_input(train.clips[idx]), g).to(device))
         uniq, pos = train.caption_ids[idx].unique(return_inverse=True)
-        t = model.text_embedding(text.tokens[uniq], text.mask[uniq])  # train captions are rows 0..len(vocab)-1
+        # train captions are rows 0..len(vocab)-1
+        t = model.text_embedding(text.tokens[uniq].to(device), text.mask[uniq].to(device))
         negs = neg_row[uniq][neg_row[uniq] >= 0]
-        t_neg = model.text_embedding(text.tokens[negs], text.mask[negs]) if len(negs) else None
+        t_neg = model.text_embedding(text.tokens[negs].to(device), text.mask[negs].to(device)) if len(negs) else None
         shuffled = f[:, segment_shuffle(T, cfg.train.seed * SHUFFLE_SEED_STRIDE + step)]
         negatives = [f.flip(1), shuffled] if T > 1 else []
         if bank is not None:  # (len(SWAPS) * n, T, D): n of this batch's captions with shapes / paths swapped
             swaps = bank[:, train.caption_ids[idx[:SWAPS_PER_STEP]]].flatten(0, 1)
-            negatives.append(model.frame_features(augment(clips_to_input(swaps), g)))
+            negatives.append(model.frame_features(augment(clips_to_input(swaps), g).to(device)))
         v_neg = model.clip_embedding(torch.cat(negatives)) if negatives else None
-        loss = info_nce(model.clip_embedding(f), t, pos, model.scale(), v_neg, t_neg)
+        loss = info_nce(model.clip_embedding(f), t, pos.to(device), model.scale(), v_neg, t_neg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
