@@ -41,8 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from methods.run_config import load_config  # noqa: E402
 from methods.training.experiment import estimate_memory  # noqa: E402
 from diffusion import GaussianDiffusion  # noqa: E402
-from methods.sampling import SamplingSettings, generate  # noqa: E402
-from models import build_video_model  # noqa: E402
+from methods.sampling import SamplingSettings, sample_clips  # noqa: E402
+from models import build_video_model, model_input_shape  # noqa: E402
 from models.registry import MODELS  # noqa: E402
 from models.text_encoder import TextEmbeddings, encoder_dim  # noqa: E402
 from utils.device import autocast, autocast_dtype, available_memory, configure_matmul  # noqa: E402
@@ -56,7 +56,10 @@ CONFIGS = {
     **{arch: ("tinyfusion", [f"model.arch={arch}", "model.pretrained="])
        for arch in ("UNet3D-B", "ViT3D-B/2x4", "DiT3D-B/2x4", "ViViT-B/16")},
 }
-SMOKE = {"smoke": ("demo", ["model.arch=UNet3D-Test", "data.image_size=16", "data.num_frames=4"])}  # --smoke only
+# --smoke only: a pixel and a latent config (the latter the real preset's latent grid, 4 x 4 x 4 here)
+SMOKE = {"smoke": ("demo", ["model.arch=UNet3D-Test", "data.image_size=16", "data.num_frames=4"]),
+         "smoke-latent": ("real", ["model.arch=UNet3D-Test", "data.image_size=16", "data.num_frames=4",
+                                   "autoencoder.crop=0"])}
 
 
 def sync(device: torch.device) -> None:
@@ -108,8 +111,8 @@ def text_dim(cfg) -> int:
 
 def inputs(cfg, batch: int, device):
     g, dim = torch.Generator().manual_seed(0), text_dim(cfg)
-    d = cfg.data
-    clips = torch.rand(batch, 3, d.num_frames, d.image_size, d.image_size, generator=g) * 2 - 1
+    C, F, S = model_input_shape(cfg)  # pixels, or a latent preset's latent grid
+    clips = torch.rand(batch, C, F, S, S, generator=g) * 2 - 1
     text = TextEmbeddings(torch.randn(batch, TEXT_LEN, dim, generator=g),
                           torch.ones(batch, TEXT_LEN, dtype=torch.bool), torch.randn(batch, dim, generator=g))
     return clips.to(device), text.to(device)
@@ -132,8 +135,8 @@ def model_flops(cfg) -> float:
 
 
 def inputs_meta(cfg):
-    d, dim = cfg.data, text_dim(cfg)
-    return (torch.empty(1, 3, d.num_frames, d.image_size, d.image_size),
+    (C, F, S), dim = model_input_shape(cfg), text_dim(cfg)
+    return (torch.empty(1, C, F, S, S),
             TextEmbeddings(torch.empty(1, TEXT_LEN, dim), torch.ones(1, TEXT_LEN, dtype=torch.bool),
                            torch.empty(1, dim)))
 
@@ -182,14 +185,16 @@ def time_training(cfg, batch: int, device, steps: int, warmup: int) -> dict:
 
 
 def time_sampling(cfg, device, steps: int = 25, guidance: float = 5.0) -> float:
-    """Seconds to sample one clip (guided: two model passes per step), after one untimed run."""
+    """Seconds to sample one clip (guided: two model passes per step), after one untimed run; a latent preset's
+    in its latent grid, without decoding (no trained autoencoder here)."""
     torch.manual_seed(0)
     model = build_video_model(cfg, text_dim(cfg)).to(device).eval()
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     settings = SamplingSettings.resolve(cfg.diffusion, steps=steps, guidance=guidance, sampler="ddim")
     _, text = inputs(cfg, 1, device)
-    run = lambda: generate(model, diffusion, text, settings, [0], num_frames=cfg.data.num_frames,  # noqa: E731
-                           image_size=cfg.data.image_size, device=device)
+    _, frames, size = model_input_shape(cfg)
+    run = lambda: sample_clips(model, diffusion, text, settings, [0], num_frames=frames, size=size,  # noqa: E731
+                               device=device, clip_x0=cfg.autoencoder.kind == "none")
     run()
     sync(device)
     t0 = time.perf_counter()
@@ -223,7 +228,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="the smoke config at batch 1, one step")
     args = p.parse_args()
     if args.smoke:
-        args.configs, args.batches, args.steps, args.warmup = "smoke", "1", 1, 1
+        args.configs, args.batches, args.steps, args.warmup = ",".join(SMOKE), "1", 1, 1
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
     configure_matmul(True)
     peak, peak_dtype = matmul_peak(device, args.smoke)

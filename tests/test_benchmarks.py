@@ -41,7 +41,9 @@ FIGURES = {
     "bench_gpu.py": [rf"CPU, 1 threads: measured float32 matmul peak {NUMBER} TFLOP/s",
                      rf"\| smoke \| preset \| 1 \| {NUMBER} \| {NUMBER} \| {NUMBER} \|",
                      rf"\| smoke \| grad_checkpointing=true \| 1 \| {NUMBER} \|",
-                     rf"\| smoke \| sampling: 2 DDIM steps, guidance 5, one clip \| 1 \| \| \| {NUMBER} s"],
+                     rf"\| smoke \| sampling: 2 DDIM steps, guidance 5, one clip \| 1 \| \| \| {NUMBER} s",
+                     rf"\| smoke-latent \| preset \| 1 \| {NUMBER} \| {NUMBER} \| {NUMBER} \|",  # the latent grid
+                     rf"\| smoke-latent \| sampling: 2 DDIM steps, guidance 5, one clip \| 1 \| \| \| {NUMBER} s"],
     "bench_logging.py": [rf"step time with logging off: {NUMBER} ms",
                          rf"logging overhead at default intervals: {NUMBER}% of step time"],
     "bench_tinydit.py": [r"model DiT-Test/4: [\d,]+ parameters", rf"seconds per step {NUMBER}",
