@@ -56,7 +56,7 @@ CONFIGS = {
     **{arch: ("tinyfusion", [f"model.arch={arch}", "model.pretrained="])
        for arch in ("UNet3D-B", "ViT3D-B/2x4", "DiT3D-B/2x4", "ViViT-B/16")},
 }
-# --smoke only: a pixel and a latent config (the latter the real preset's latent grid, 4 x 4 x 4 here)
+# --smoke only: a pixel and a latent config (the real preset's latent grid: 8 channels, 2 frames of 4x4 here)
 SMOKE = {"smoke": ("demo", ["model.arch=UNet3D-Test", "data.image_size=16", "data.num_frames=4"]),
          "smoke-latent": ("real", ["model.arch=UNet3D-Test", "data.image_size=16", "data.num_frames=4",
                                    "autoencoder.crop=0"])}
