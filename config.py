@@ -40,6 +40,7 @@ MINIMUMS = {
     "autoencoder.steps": 1, "autoencoder.batch_frames": 1, "autoencoder.kl_weight": 0, "autoencoder.ssim_weight": 0,
     "autoencoder.crop": 0, "autoencoder.latent_noise": 0, "autoencoder.equivariance_weight": 0,
     "autoencoder.decoder_steps": 0, "autoencoder.decoder_noise": 0, "autoencoder.decoder_noise_spread": 0,
+    "autoencoder.adversarial_weight": 0,
 }
 
 
@@ -166,6 +167,8 @@ class AutoencoderConfig:
     decoder_noise: float = 0.5  # noise (x the latents' spread) in those steps: the size of a sampler's latent errors
     decoder_noise_spread: float = 0.0  # each latent's noise level drawn from [decoder_noise - this, decoder_noise]:
     #                                    a decoder that smooths heavy errors and keeps near-clean latents sharper
+    adversarial_weight: float = 0.0  # decoder-only steps: weight of a patch discriminator's loss (models/discriminator.py):
+    #                                  detail the latents leave open drawn sharp instead of as its blurred mean
     equivariance_weight: float = 0.0  # weight of L1(decode(latents halved), frames halved) (EQ-VAE): latents that
     #                                   look like small images, spatially smooth, so easier to diffuse
 
@@ -244,6 +247,11 @@ class Config:
             ("autoencoder.decoder_noise_spread",
              self.autoencoder.decoder_noise_spread <= self.autoencoder.decoder_noise,
              "must be <= autoencoder.decoder_noise (a noise level is not negative)"),
+            ("autoencoder.adversarial_weight", not self.autoencoder.adversarial_weight or self.autoencoder.decoder_steps,
+             "needs autoencoder.decoder_steps > 0 (it trains the decoder-only steps)"),
+            ("autoencoder.adversarial_weight", not self.autoencoder.adversarial_weight
+             or (self.autoencoder.crop or self.data.image_size) >= 16,
+             "needs frames (or autoencoder.crop) of at least 16 pixels: the discriminator's patches are 16-34 wide"),
         ]
         for name, ok, why in checks:
             if not ok:

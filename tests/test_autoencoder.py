@@ -12,6 +12,7 @@ from config import AutoencoderConfig, ConfigError
 from conftest import in_process, sets
 from methods.run_config import load_config
 from models.autoencoder import FrameAutoencoder, load_autoencoder
+from models.discriminator import PatchDiscriminator, hinge_loss
 from utils.errors import UserError
 
 
@@ -137,6 +138,47 @@ def test_decoder_steps_leave_the_encoder_and_so_the_latents(tmp_path, synth_dir)
     after = load_file(os.path.join(done["path"], "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+def test_adversarial_decoder_steps_resume_exactly_and_leave_the_encoder(tmp_path, synth_dir):
+    from methods.training.autoencoder import train_autoencoder
+
+    def run(name, weight, stop_at=None, resume=False):
+        cfg = load_config("demo", ae_overrides(tmp_path / name, synth_dir, steps=3, **{
+            "train.tensorboard": False, "autoencoder.decoder_steps": 3, "autoencoder.crop": 16,
+            "autoencoder.adversarial_weight": weight}))
+        latest = tmp_path / name / "checkpoints" / "ae-autoencoder" / "latest.pt"
+        state = torch.load(latest, weights_only=True) if resume else None
+        done = train_autoencoder(cfg, resume=state, quiet=True, stop_at=stop_at)
+        return done, torch.load(latest, weights_only=True)
+
+    whole, state = run("whole", 0.5)
+    plain, plain_state = run("plain", 0.0)
+    assert "discriminator" in state and "discriminator" not in plain_state
+    a = load_file(os.path.join(whole["path"], "model.safetensors"))
+    b = load_file(os.path.join(plain["path"], "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))  # the same encoder, the same latents
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(load_config("demo").train.seed + 1)  # as the run built it
+        fresh = PatchDiscriminator().state_dict()
+    assert fresh.keys() == state["discriminator"].keys()
+    assert not torch.equal(state["discriminator"]["body.0.weight"], fresh["body.0.weight"])  # it trained
+
+    assert run("split", 0.5, stop_at=4)[0]["stopped"]  # stopped after one adversarial step, then continued
+    split, split_state = run("split", 0.5, resume=True)
+    c = load_file(os.path.join(split["path"], "model.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert all(torch.equal(state["discriminator"][k], split_state["discriminator"][k]) for k in fresh)
+    with pytest.raises(ConfigError, match="adversarial_weight"):
+        load_config("demo", ae_overrides(tmp_path, synth_dir, **{"autoencoder.adversarial_weight": 0.5}))  # 8-px crops
+
+
+def test_patch_discriminator_shapes_and_hinge_loss():
+    frames = torch.rand(2, 6, 32, 32) * 2 - 1  # two frame pairs, 32-pixel crops as in the real preset
+    assert PatchDiscriminator(frames=2)(frames).shape == (2, 1, 6, 6)
+    real, decoded = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert hinge_loss(real, decoded).item() == pytest.approx(0.25 + 0.5)  # (0 + 0.5) / 2 + (0 + 1) / 2
 
 
 def test_crops_sit_on_the_latent_grid():

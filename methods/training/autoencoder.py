@@ -4,7 +4,8 @@ Frames come from data.data_dir's clips as `train` decodes them (dataset.SignData
 at data.image_size): the train split trains, the val split scores. Each step draws autoencoder.batch_frames frame
 groups (autoencoder.time_down consecutive frames: the 1st and 2nd, 3rd and 4th, ..., as the clips are encoded) at
 random from one saved torch.Generator, which also draws the posterior samples, so `--resume` continues exactly.
-Loss: L1 + autoencoder.ssim_weight x (1 - SSIM) + autoencoder.kl_weight x KL(posterior || N(0, I)).
+Loss: L1 + autoencoder.ssim_weight x (1 - SSIM) + autoencoder.kl_weight x KL(posterior || N(0, I)); in the
+decoder-only steps, + autoencoder.adversarial_weight x a patch discriminator's loss, the discriminator trained beside.
 
     checkpoints/<exp>-autoencoder/latest.pt            resumable state (state_dicts and primitives)
     checkpoints/<exp>-autoencoder/model/               model.safetensors + config.json: autoencoder.path
@@ -32,6 +33,7 @@ from methods.training.experiment import ExperimentLock, remove_stale_temp_files
 from methods.training.stop import StopRequest
 from methods.training.tb_logger import new_run_dir
 from models.autoencoder import FrameAutoencoder
+from models.discriminator import PatchDiscriminator, hinge_loss
 from schedulers import lr_factor
 from utils.atomic import atomic_write
 from utils.device import select_device
@@ -44,6 +46,7 @@ from utils.ssim import ssim
 SUFFIX = AUTOENCODER_SUFFIX
 MAX_WARMUP = 50  # linear warmup steps (a tenth of a shorter run)
 DECODER_LR_SCALE = 0.25  # peak learning rate of the decoder-only steps, as a share of autoencoder.learning_rate
+DISCRIMINATOR_BETAS = (0.5, 0.9)  # Adam betas of GAN training (taming-transformers, SD's autoencoder): less momentum
 VAL_FRAMES = 256  # val frames scored at the end, evenly over the split (a quick 64 at each checkpoint)
 STRIP_FRAMES = 8  # frames on the real-vs-reconstructed strip
 STATE_KIND = "text2sign-autoencoder-run"
@@ -98,6 +101,13 @@ class AutoencoderRun:
         self.model = FrameAutoencoder(ac.down, ac.latent_channels, ac.width, time_down=ac.time_down).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=ac.learning_rate, weight_decay=0.0,
                                            foreach=True)
+        self.discriminator, self.disc_optimizer = None, None
+        if ac.adversarial_weight:
+            with torch.random.fork_rng(devices=[]):  # the global stream stays as without it: the same encoder
+                torch.manual_seed(tc.seed + 1)
+                self.discriminator = PatchDiscriminator(ac.time_down).to(self.device)
+            self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=ac.learning_rate,
+                                                    betas=DISCRIMINATOR_BETAS, weight_decay=0.0, foreach=True)
         self.generator = torch.Generator().manual_seed(tc.seed)
         self.step, self.train_seconds = 0, 0.0
         self.warmup = max(1, min(MAX_WARMUP, ac.steps // 10))
@@ -107,6 +117,9 @@ class AutoencoderRun:
             self.optimizer.load_state_dict(resume["optimizer"])
             self.step, self.run_dir = resume["step"], resume["run_dir"]
             set_rng_state(resume["rng"], self.generator)
+            if self.discriminator is not None and "discriminator" in resume:
+                load_weights(self.discriminator, resume["discriminator"], "the autoencoder checkpoint's discriminator")
+                self.disc_optimizer.load_state_dict(resume["disc_optimizer"])
         self.writer = None
 
     @property
@@ -134,8 +147,9 @@ class AutoencoderRun:
 
     def train_step(self) -> dict[str, float]:
         ac = self.cfg.autoencoder
-        for group in self.optimizer.param_groups:
-            group["lr"] = ac.learning_rate * self.lr_scale()
+        lr = ac.learning_rate * self.lr_scale()
+        for group in self.optimizer.param_groups + (self.disc_optimizer.param_groups if self.disc_optimizer else []):
+            group["lr"] = lr
         total = len(self.train_data) * self.train_data.clips.shape[1] // ac.time_down
         x = frames_of(self.train_data, torch.randint(total, (ac.batch_frames,), generator=self.generator),
                       ac.time_down)
@@ -156,14 +170,28 @@ class AutoencoderRun:
             small = self.model.decode(F.avg_pool2d(out["z"], 2))  # (N, 3, H/2, W/2)
             equivariance = (small - F.avg_pool2d(x, 2)).abs().mean()
             loss = loss + ac.equivariance_weight * equivariance
+        adversarial, adversarial_on = torch.zeros(()), self.discriminator is not None and self.decoder_phase
+        if adversarial_on:  # decoded patches should score as real ones
+            adversarial = -self.discriminator(out["recon"]).mean()
+            loss = loss + ac.adversarial_weight * adversarial
         if not torch.isfinite(loss):
             raise UserError(f"non-finite autoencoder loss at step {self.step}: lower autoencoder.learning_rate")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        disc = self.discriminator_step(x, out["recon"].detach()) if adversarial_on else 0.0
         self.step += 1
         return {"loss": loss.item(), "l1": l1.item(), "ssim_loss": ssim_loss.item(), "kl": out["kl"].item(),
-                "equivariance": equivariance.item(), "lr": self.optimizer.param_groups[0]["lr"]}
+                "equivariance": equivariance.item(), "adversarial": adversarial.item(), "discriminator": disc,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def discriminator_step(self, real: torch.Tensor, decoded: torch.Tensor) -> float:
+        """One hinge-loss step of the discriminator on this step's real and decoded frame groups."""
+        self.disc_optimizer.zero_grad(set_to_none=True)  # also drops what the decoder's loss left on it
+        loss = hinge_loss(self.discriminator(real), self.discriminator(decoded))
+        loss.backward()
+        self.disc_optimizer.step()
+        return loss.item()
 
     def decoder_pass(self, x: torch.Tensor, noise: float, spread: float = 0.0) -> dict:
         """The frozen encoder's posterior means plus noise x their spread, decoded: gradients reach the decoder only.
@@ -204,9 +232,12 @@ class AutoencoderRun:
                 "real": real, "fake": fake}
 
     def state_dict(self) -> dict:
-        return {"kind": STATE_KIND, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.step, "rng": rng_state(self.generator), "config": self.cfg.to_dict(),
-                "run_dir": self.run_dir}
+        state = {"kind": STATE_KIND, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "step": self.step, "rng": rng_state(self.generator), "config": self.cfg.to_dict(),
+                 "run_dir": self.run_dir}
+        if self.discriminator is not None:
+            state.update(discriminator=self.discriminator.state_dict(), disc_optimizer=self.disc_optimizer.state_dict())
+        return state
 
     def save(self) -> None:
         save_checkpoint(os.path.join(self.exp_dir, "latest.pt"), self.state_dict())
