@@ -300,11 +300,12 @@ def demo() -> Config:
                           synth_if_missing=True, synth_holdout=24)
     cfg.text = TextConfig(encoder="all-MiniLM-L6-v2", max_length=16)
     cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)
-    # 10 DDIM steps, not 50: on one trained demo, better on every ground-truth count (shape 0.21 / 0.19 against
-    # 0.16 / 0.17, place 7.8 / 8.2 px against 8.9 / 9.4), R@1 0.74 against 0.71 of real and SSIM 0.49 against 0.47
-    # in both of two caption draws each, at a third to a fifth of the sampling time (docs/demo.md)
+    # 5 DDIM steps: fewer steps draw the hands nearer their true places (on the 1300-step demo, three draws: place
+    # 5.3 px against 7.0 at 10 steps and 9 at 50, word order 0.74 against 0.60, background 9.8 against 10.3 grey
+    # levels, SSIM 0.61 against 0.59) at R@1 0.78 / 0.83 of real (seen / held-out) against 0.80 / 0.82; 3 steps place
+    # them better still but lose R@1 (0.73) and flicker (docs/demo.md)
     cfg.diffusion = DiffusionConfig(prediction="v", motion_weight=3.0, frame_noise_correlation=0.9,
-                                    sample_noise_correlation=0.999, guidance_scale=2.0, sample_steps=10)
+                                    sample_noise_correlation=0.999, guidance_scale=2.0, sample_steps=5)
     cfg.train = TrainConfig(exp_name="demo", epochs=1000, max_steps=1300, batch_size=8, lr=1e-3,
                             warmup_steps=100, ema_decay=0.99, log_every=10, sample_every=500,
                             checkpoint_every=500, sample_prompts=("hello", "thank you", "yes no please"))
@@ -333,8 +334,9 @@ def real() -> Config:
                                         crop=32, latent_noise=0.1, decoder_steps=300, decoder_noise=1.0,
                                         decoder_noise_spread=0.5)
     cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)
-    # the demo's 10 DDIM steps hold here too: at or above 50 in all 12 caption draws of two trained models (R@1 0.80 /
-    # 0.87 of real against 0.77 / 0.84, docs/latent.md), at a fifth of the sampling time
+    # 10 DDIM steps: at or above 50 in all 12 caption draws of two trained models (R@1 0.80 / 0.87 of real against
+    # 0.77 / 0.84, docs/latent.md), at a fifth of the sampling time (the demo's 5 are not measured here)
+    cfg.diffusion.sample_steps = 10
     # batch 32: the 0.94M U-Net on 8 x 16x16x8 latents leaves 2 cores idle at batch 8, and 32 clips a step see
     # 1.5-2x the clips a second; 3,200 steps took about the time 9,000 at batch 8 did and lifted R@1 from 0.57 to 0.73
     # of real on 344 clips: about 31 CPU minutes with the autoencoder; lr 2e-3 for the 4x batch: the same R@1 (0.75
