@@ -167,8 +167,8 @@ class AutoencoderConfig:
     decoder_noise: float = 0.5  # noise (x the latents' spread) in those steps: the size of a sampler's latent errors
     decoder_noise_spread: float = 0.0  # each latent's noise level drawn from [decoder_noise - this, decoder_noise]:
     #                                    a decoder that smooths heavy errors and keeps near-clean latents sharper
-    adversarial_weight: float = 0.0  # decoder-only steps: weight of a patch discriminator's loss (models/discriminator.py):
-    #                                  detail the latents leave open drawn sharp instead of as its blurred mean
+    adversarial_weight: float = 0.0  # decoder-only steps: weight of a patch discriminator's loss (models/
+    #                                  discriminator.py): detail the latents leave open drawn sharp, not blurred
     equivariance_weight: float = 0.0  # weight of L1(decode(latents halved), frames halved) (EQ-VAE): latents that
     #                                   look like small images, spatially smooth, so easier to diffuse
 
@@ -247,7 +247,8 @@ class Config:
             ("autoencoder.decoder_noise_spread",
              self.autoencoder.decoder_noise_spread <= self.autoencoder.decoder_noise,
              "must be <= autoencoder.decoder_noise (a noise level is not negative)"),
-            ("autoencoder.adversarial_weight", not self.autoencoder.adversarial_weight or self.autoencoder.decoder_steps,
+            ("autoencoder.adversarial_weight",
+             not self.autoencoder.adversarial_weight or self.autoencoder.decoder_steps,
              "needs autoencoder.decoder_steps > 0 (it trains the decoder-only steps)"),
             ("autoencoder.adversarial_weight", not self.autoencoder.adversarial_weight
              or (self.autoencoder.crop or self.data.image_size) >= 16,
