@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-GROUPS = 8  # GroupNorm groups (every width here is a multiple of 8)
+from models.autoencoder import GROUPS
 
 
 class PatchDiscriminator(nn.Module):
