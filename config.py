@@ -40,7 +40,7 @@ MINIMUMS = {
     "autoencoder.steps": 1, "autoencoder.batch_frames": 1, "autoencoder.kl_weight": 0, "autoencoder.ssim_weight": 0,
     "autoencoder.crop": 0, "autoencoder.latent_noise": 0, "autoencoder.equivariance_weight": 0,
     "autoencoder.decoder_steps": 0, "autoencoder.decoder_noise": 0, "autoencoder.decoder_noise_spread": 0,
-    "autoencoder.adversarial_weight": 0, "autoencoder.decode_level": 0,
+    "autoencoder.adversarial_weight": 0,
 }
 
 
@@ -167,11 +167,6 @@ class AutoencoderConfig:
     decoder_noise: float = 0.5  # noise (x the latents' spread) in those steps: the size of a sampler's latent errors
     decoder_noise_spread: float = 0.0  # each latent's noise level drawn from [decoder_noise - this, decoder_noise]:
     #                                    a decoder that smooths heavy errors and keeps near-clean latents sharper
-    decoder_level_input: bool = False  # the decoder is told each latent's noise level in the decoder-only steps, so one
-    #                                   decoder draws clean latents sharp (level 0: the reconstruction scores) and a
-    #                                   sampler's latents smooth (decode_level)
-    decode_level: float = 0.0  # decoder_level_input: the level generated latents are decoded at (sample / evaluate
-    #                            --decode_level change it): how large a sampler's latent errors are taken to be
     adversarial_weight: float = 0.0  # decoder-only steps: weight of a patch discriminator's loss (models/
     #                                  discriminator.py): detail the latents leave open drawn sharp, not blurred
     equivariance_weight: float = 0.0  # weight of L1(decode(latents halved), frames halved) (EQ-VAE): latents that
@@ -252,12 +247,6 @@ class Config:
             ("autoencoder.decoder_noise_spread",
              self.autoencoder.decoder_noise_spread <= self.autoencoder.decoder_noise,
              "must be <= autoencoder.decoder_noise (a noise level is not negative)"),
-            ("autoencoder.decoder_level_input",
-             not self.autoencoder.decoder_level_input or self.autoencoder.decoder_steps,
-             "needs autoencoder.decoder_steps > 0 (the decoder learns the levels in those steps)"),
-            ("autoencoder.decode_level", not self.autoencoder.decode_level or self.autoencoder.decoder_level_input,
-             "needs autoencoder.decoder_level_input=true (only such a decoder is told a level)"),
-            ("autoencoder.decode_level", self.autoencoder.decode_level <= 10, "must be in [0, 10]"),
             ("autoencoder.adversarial_weight",
              not self.autoencoder.adversarial_weight or self.autoencoder.decoder_steps,
              "needs autoencoder.decoder_steps > 0 (it trains the decoder-only steps)"),

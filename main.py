@@ -69,10 +69,7 @@ def cmd_train_autoencoder(args) -> int:
         print(f"stopped by {signal.Signals(info['stopped_by']).name} at step {info['step']}: {info['exp_dir']}/"
               f"latest.pt saved; continue with `python main.py train-autoencoder --resume`", file=sys.stderr)
         return 128 + info["stopped_by"]
-    level = (f" (decoded at level {cfg.autoencoder.decode_level:g}, as generated latents are: PSNR "
-             f"{info['psnr_at_decode_level']:.2f} dB, SSIM {info['ssim_at_decode_level']:.4f})"
-             if "psnr_at_decode_level" in info else "")
-    print(f"{info['scored_on']} frames ({info['frames']}): PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}{level}; "
+    print(f"{info['scored_on']} frames ({info['frames']}): PSNR {info['psnr']:.2f} dB, SSIM {info['ssim']:.4f}; "
           f"latents mean {info['latent_mean']:.3f}, std {info['latent_std']:.3f}, roughness "
           f"{info['latent_roughness']:.2f}; strip: {info['strip']}\n"
           f"use it with: --set autoencoder.kind=own --set autoencoder.path={info['path']}", file=sys.stderr)
@@ -122,7 +119,7 @@ def cmd_sample(args) -> int:
     if not all(t.strip() for t in args.text):
         raise UserError("--text must not be empty or only spaces")
     pipe = SignPipeline.from_pretrained(args.checkpoint or args.model, select_device(args.device),
-                                        autoencoder=args.autoencoder, decode_level=args.decode_level)
+                                        autoencoder=args.autoencoder)
     settings = pipe.settings(**sampling_flags(args))
     pipe.warn_unknown_words(args.text)
     out_dir = args.output_dir or os.path.join(pipe.cfg.train.sample_dir, pipe.cfg.train.exp_name)
@@ -175,7 +172,7 @@ def cmd_evaluate(args) -> int:
                       num_captions=args.num_captions,
                       sampling=sampling_flags(args), num_samples=args.num_samples, seed=args.seed, out=args.out,
                       evaluator=args.evaluator, device=args.device, batch_size=args.batch_size,
-                      autoencoder=args.autoencoder, decode_level=args.decode_level)
+                      autoencoder=args.autoencoder)
     for name, g in report["groups"].items():
         print(f"{name}: R@1 generated {g['generated_r1']:.3f} ± {g['generated_r1_se']:.3f} / real "
               f"{g['real_r1']:.3f} / chance {g['chance_r1']:.3f} ({g['num_captions']} captions x "
@@ -311,9 +308,6 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoencoder", default=None, metavar="DIR",
                    help="a latent model: decode with this autoencoder folder instead of the one it names; another "
                         "decoder of the same encoder (said if the encoder differs), see docs/latent.md")
-    p.add_argument("--decode_level", type=float, default=None,
-                   help="a latent model whose decoder takes a noise level (autoencoder.decoder_level_input): decode "
-                        "at this one (default: the autoencoder folder's decode_level)")
     p.add_argument("--batch_size", type=int, default=16,
                    help="clips sampled at once (bounds memory); each clip has its own seed, so the clips do not change")
     p.add_argument("--device", default="auto")

@@ -48,11 +48,10 @@ class SignPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str, device="cpu", text_encoder: bool = True,
-                        autoencoder: str | None = None, decode_level: float | None = None) -> "SignPipeline":
+                        autoencoder: str | None = None) -> "SignPipeline":
         """A checkpoint file or an exported folder; its EMA weights in eval mode on `device`. text_encoder=False
         for callers that bring their own caption embeddings (`evaluate`'s cached ones). autoencoder: a folder (or
-        kl / tiny name) to decode with instead of the one the model names: another decoder of its encoder.
-        decode_level: the noise level a level-input decoder is told (None: its folder's decode_level)."""
+        kl / tiny name) to decode with instead of the one the model names: another decoder of its encoder."""
         from models.text_encoder import FrozenTextEncoder
 
         state = read_export(path) if os.path.isdir(path) else load_checkpoint(path)
@@ -71,13 +70,6 @@ class SignPipeline:
         load_weights(model, state["ema"], path)
         encoder = FrozenTextEncoder(cfg.text.encoder, cfg.text.max_length, device) if text_encoder else None
         autoencoder, norm = latent_parts(cfg, state, path, device)
-        if decode_level is not None:
-            if not getattr(autoencoder, "level_input", False):
-                raise UserError(f"--decode_level applies to a latent model whose decoder takes a noise level "
-                                f"(autoencoder.decoder_level_input=true); {path}'s does not")
-            if not 0.0 <= decode_level <= 10.0:
-                raise UserError(f"--decode_level must be in [0, 10] (x the latents' spread), got {decode_level}")
-            autoencoder.decode_level = float(decode_level)
         return cls(cfg, model.to(device).eval(), GaussianDiffusion.from_config(cfg.diffusion), encoder=encoder,
                    state=state, device=device, autoencoder=autoencoder, latent_norm=norm)
 

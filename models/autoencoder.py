@@ -83,13 +83,11 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """(N, C, h, w) latents -> (N, 3 x frames, h*down, w*down) frames; mirrors the encoder with nearest + conv
-    upsampling. With level_input, also told each latent's noise level (x the latents' spread): a learned per-channel
-    direction, scaled by the level, is added after the first conv (zero at level 0, and zero-initialised)."""
+    upsampling."""
 
-    def __init__(self, chans: list[int], latent_channels: int, frames: int = 1, level_input: bool = False):
+    def __init__(self, chans: list[int], latent_channels: int, frames: int = 1):
         super().__init__()
         self.conv_in = nn.Conv2d(latent_channels, chans[-1], 3, padding=1)
-        self.level = nn.Parameter(torch.zeros(chans[-1])) if level_input else None
         layers = [ResBlock(chans[-1], chans[-1])]
         for i in reversed(range(len(chans))):
             layers.append(ResBlock(chans[i], chans[i]))
@@ -99,33 +97,25 @@ class Decoder(nn.Module):
         self.norm_out = nn.GroupNorm(GROUPS, chans[0])
         self.conv_out = nn.Conv2d(chans[0], 3 * frames, 3, padding=1)
 
-    def forward(self, z: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
-        """z (N, C, h, w); level (N,) or None (a decoder without level_input ignores it)."""
-        h = self.conv_in(z)  # (N, C', h, w)
-        if self.level is not None and level is not None:
-            h = h + level.to(h.dtype).view(-1, 1, 1, 1) * self.level.view(1, -1, 1, 1)
-        return self.conv_out(F.silu(self.norm_out(self.body(h))))
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(z)))))
 
 
 class FrameAutoencoder(nn.Module):
     """The project's own KL autoencoder of frames or frame pairs (down 4 or 8); see the module docstring."""
 
     def __init__(self, down: int = 4, latent_channels: int = 4, width: int = 32, scaling_factor: float = 1.0,
-                 shift_factor: float = 0.0, time_down: int = 1, level_input: bool = False):
+                 shift_factor: float = 0.0, time_down: int = 1):
         super().__init__()
         if down not in (4, 8) or time_down not in (1, 2):
             raise ValueError(f"down must be 4 or 8 and time_down 1 or 2, got {down}, {time_down}")
         self.down, self.latent_channels, self.width, self.time_down = down, latent_channels, width, time_down
-        self.level_input = level_input
-        # the noise level a level_input decoder is told when it decodes (config.json's decode_level): what `sample`,
-        # `evaluate` and the trainer's samples decode generated latents at; not in config(), so not in the hashes
-        self.decode_level = 0.0
         # 1 / std and mean of the val latents, measured when training ends
         self.scaling_factor, self.shift_factor = float(scaling_factor), float(shift_factor)
         self.meta: dict = {}  # from_folder: the folder's config.json
         chans = widths(width, down)
         self.encoder = Encoder(chans, latent_channels, time_down)
-        self.decoder = Decoder(chans, latent_channels, time_down, level_input)
+        self.decoder = Decoder(chans, latent_channels, time_down)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -147,9 +137,8 @@ class FrameAutoencoder(nn.Module):
         """The constructor's arguments (time_down only when 2: a frame autoencoder's folder and content hash stay
         what they were before frame pairs existed, so its caches and checkpoints stay valid)."""
         pairs = {"time_down": self.time_down} if self.time_down != 1 else {}
-        levels = {"level_input": True} if self.level_input else {}  # the same rule: older folders keep their hash
         return {"down": self.down, "latent_channels": self.latent_channels, "width": self.width,
-                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor, **pairs, **levels}
+                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor, **pairs}
 
     def posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar), each (N, C, H/down, W/down)."""
@@ -159,15 +148,8 @@ class FrameAutoencoder(nn.Module):
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         return self.posterior(frames)[0]
 
-    def decode(self, latents: torch.Tensor, level: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (N, C, h, w) -> frames; a level_input decoder is told `level`, one for all or (N,) (None:
-        self.decode_level)."""
-        if not self.level_input:
-            return self.decoder(latents)
-        level = self.decode_level if level is None else level
-        if not isinstance(level, torch.Tensor):
-            level = torch.full((len(latents),), float(level))
-        return self.decoder(latents, level.to(latents.device))
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents)
 
     def forward(self, frames: torch.Tensor, generator: torch.Generator | None = None, latent_noise: float = 0.0
                 ) -> dict:
@@ -187,12 +169,11 @@ class FrameAutoencoder(nn.Module):
     def content_hash(self) -> str:
         return weights_hash(self.config(), self.state_dict())
 
-    def encoder_hash(self) -> str:  # level_input is the decoder's: a decoder with it decodes the same encoder's latents
-        return encoder_hash({k: v for k, v in self.config().items() if k != "level_input"}, self.state_dict())
+    def encoder_hash(self) -> str:
+        return encoder_hash(self.config(), self.state_dict())
 
     def save(self, folder: str, meta: dict | None = None) -> None:
-        """folder/model.safetensors + folder/config.json (the architecture, scaling factor, decode level and
-        `meta`)."""
+        """folder/model.safetensors + folder/config.json (the architecture, scaling factor and `meta`)."""
         from safetensors.torch import save
 
         os.makedirs(folder, exist_ok=True)
@@ -200,9 +181,8 @@ class FrameAutoencoder(nn.Module):
         with atomic_write(os.path.join(folder, WEIGHTS_FILE)) as f:
             f.write(save(tensors))
         with atomic_write(os.path.join(folder, CONFIG_FILE), "w") as f:
-            levels = {"decode_level": self.decode_level} if self.level_input else {}
-            json.dump({"format": FORMAT, "format_version": FORMAT_VERSION, **self.config(), **levels, **(meta or {})},
-                      f, indent=2)
+            json.dump({"format": FORMAT, "format_version": FORMAT_VERSION, **self.config(), **(meta or {})}, f,
+                      indent=2)
 
     @classmethod
     def from_folder(cls, folder: str) -> "FrameAutoencoder":
@@ -223,8 +203,7 @@ class FrameAutoencoder(nn.Module):
             raise UserError(f"{folder}/{CONFIG_FILE} is not a {FORMAT} v{FORMAT_VERSION} config: {how}")
         try:
             model = cls(*(cfg[k] for k in ("down", "latent_channels", "width", "scaling_factor", "shift_factor")),
-                        time_down=cfg.get("time_down", 1), level_input=bool(cfg.get("level_input", False)))
-            model.decode_level = float(cfg.get("decode_level", 0.0))
+                        time_down=cfg.get("time_down", 1))
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"{folder}/{CONFIG_FILE} lacks or mangles a field ({err}): {how}") from None
         own = {k: tuple(v.shape) for k, v in model.state_dict().items()}

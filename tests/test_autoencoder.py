@@ -174,57 +174,6 @@ def test_adversarial_decoder_steps_resume_exactly_and_leave_the_encoder(tmp_path
         load_config("demo", ae_overrides(tmp_path, synth_dir, **{"autoencoder.adversarial_weight": 0.5}))  # 8-px crops
 
 
-def test_level_input_decoder_starts_as_the_plain_one_and_is_told_its_level(tmp_path):
-    """A level_input decoder adds level x a learned direction after its first conv: zero-initialised, so until it
-    trains it decodes as the plain decoder of the same weights; the level is the decoder's, so the encoder hash is the
-    plain model's and the content hash is not; the folder keeps level_input and decode_level."""
-    torch.manual_seed(0)
-    plain = FrameAutoencoder(4, 4, 16, time_down=2)
-    torch.manual_seed(0)
-    levels = FrameAutoencoder(4, 4, 16, time_down=2, level_input=True)
-    assert set(levels.state_dict()) - set(plain.state_dict()) == {"decoder.level"}
-    assert all(torch.equal(v, levels.state_dict()[k]) for k, v in plain.state_dict().items())  # same init stream
-    assert levels.encoder_hash() == plain.encoder_hash() and levels.content_hash() != plain.content_hash()
-    z = torch.randn(3, 4, 4, 4)
-    with torch.no_grad():
-        assert torch.equal(levels.decode(z, 0.7), plain.decode(z))
-        levels.decoder.level.normal_()
-        assert torch.equal(levels.decode(z, 0.0), plain.decode(z))  # level 0: the direction adds nothing
-        assert not torch.allclose(levels.decode(z, 0.7), plain.decode(z), atol=1e-3)
-        each = levels.decode(z, torch.tensor([0.0, 0.7, 0.0]))  # a level per latent
-        assert torch.equal(each[0], plain.decode(z)[0]) and torch.allclose(each[1], levels.decode(z, 0.7)[1])
-    levels.decode_level = 0.7
-    levels.save(str(tmp_path / "ae"))
-    back = FrameAutoencoder.from_folder(str(tmp_path / "ae"))
-    assert back.level_input and back.decode_level == 0.7
-    with torch.no_grad():
-        assert torch.equal(back.decode(z), levels.decode(z, 0.7))  # no level given: the folder's
-    assert "level_input" not in plain.config()
-    plain.save(str(tmp_path / "plain"))
-    assert "decode_level" not in json.load(open(tmp_path / "plain" / "config.json"))  # older folders keep their hash
-
-
-def test_level_input_decoder_steps_train_the_level_and_leave_the_encoder(tmp_path, synth_dir):
-    extra = {"train.tensorboard": False, "autoencoder.decoder_steps": 3, "autoencoder.decoder_noise": 1.0,
-             "autoencoder.decoder_noise_spread": 1.0}
-    plain = in_process("train-autoencoder", *sets(ae_overrides(tmp_path / "plain", synth_dir, steps=3, **extra)))
-    done = in_process("train-autoencoder", *sets(ae_overrides(tmp_path / "levels", synth_dir, steps=3, **extra, **{
-        "autoencoder.decoder_level_input": True, "autoencoder.decode_level": 0.6})))
-    assert plain.returncode == 0 and done.returncode == 0, done.stderr[-2000:]
-    assert "decoded at level 0.6, as generated latents are: PSNR" in done.stderr
-    a = load_file(os.path.join(plain.stdout.split()[-1], "model.safetensors"))
-    b = load_file(os.path.join(done.stdout.split()[-1], "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))  # the same encoder, the same latents
-    assert b["decoder.level"].abs().sum() > 0  # the decoder-only steps taught it the levels
-    meta = json.load(open(os.path.join(done.stdout.split()[-1], "config.json")))
-    assert meta["level_input"] is True and meta["decode_level"] == 0.6
-    assert meta["val_psnr"] != meta["val_psnr_at_decode_level"]  # scored clean (level 0) and at the decode level
-    with pytest.raises(ConfigError, match="decode_level"):
-        load_config("real", ["autoencoder.decode_level=0.5"])  # a plain decoder is told no level
-    with pytest.raises(ConfigError, match="decoder_level_input"):
-        load_config("real", ["autoencoder.decoder_level_input=true", "autoencoder.decoder_steps=0"])
-
-
 def test_patch_discriminator_shapes_and_hinge_loss():
     frames = torch.rand(2, 6, 32, 32) * 2 - 1  # two frame pairs, 32-pixel crops as in the real preset
     assert PatchDiscriminator(frames=2)(frames).shape == (2, 1, 6, 6)

@@ -254,37 +254,3 @@ def test_decode_with_another_decoder_of_the_same_encoder(tmp_path, synth_dir, ti
     done = in_process("sample", "--checkpoint", tmp_path / "checkpoints" / "pixel" / "final.pt", "--autoencoder",
                       tmp_path / "decoder2", *common)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "pixel model" in done.stderr
-
-
-def test_decode_level_of_a_level_input_decoder(tmp_path, synth_dir, tiny_encoder, autoencoder_dir):
-    """A level_input decoder of the model's encoder decodes at its folder's decode_level, or at sample / evaluate's
-    --decode_level; level 0 is the plain decoder of the same weights; a decoder without the input refuses the flag
-    in one line."""
-    from methods.pipeline import SignPipeline
-
-    base = FrameAutoencoder.from_folder(autoencoder_dir)
-    levels = FrameAutoencoder(down=4, latent_channels=4, width=8, level_input=True)
-    levels.load_state_dict({**base.state_dict(), "decoder.level": torch.randn(32)})
-    levels.scaling_factor, levels.shift_factor, levels.decode_level = base.scaling_factor, base.shift_factor, 0.5
-    levels.save(str(tmp_path / "levels"))
-
-    over = latent_overrides(tmp_path, synth_dir, tiny_encoder, autoencoder_dir, **{"train.max_steps": 2})
-    assert in_process("train", *sets(over)).returncode == 0
-    ckpt = str(tmp_path / "checkpoints" / "tiny" / "final.pt")
-    x = torch.randn(1, 4, 4, 4, 4)  # (B, C, T, h, w)
-    z = SignPipeline.from_pretrained(ckpt, text_encoder=False).latent_norm.from_model(x)[0].transpose(0, 1)
-    with torch.no_grad():
-        for flag, level in ((None, 0.5), (1.5, 1.5), (0.0, 0.0)):
-            pipe = SignPipeline.from_pretrained(ckpt, text_encoder=False, autoencoder=str(tmp_path / "levels"),
-                                                decode_level=flag)
-            assert torch.allclose(pipe.decode(x)[0].transpose(0, 1), levels.decode(z, level), atol=1e-5)
-        assert torch.allclose(pipe.decode(x)[0].transpose(0, 1), base.decode(z), atol=1e-5)  # level 0: plain
-
-    common = ["--checkpoint", ckpt, "--text", "hello", "--decode_level", "0.25"]
-    done = in_process("sample", *common, "--autoencoder", tmp_path / "levels", "--output_dir", tmp_path / "a")
-    assert done.returncode == 0, done.stderr[-2000:]
-    for bad, why in ((["--output_dir", tmp_path / "b"], "takes a noise level"),
-                     (["--autoencoder", tmp_path / "levels", "--decode_level", "-1"], "must be in [0, 10]")):
-        done = in_process("sample", *common, *bad)
-        last = done.stderr.strip().splitlines()[-1]  # after the line naming the other decoder, if any
-        assert done.returncode == 2 and "Traceback" not in done.stderr and why in last, done.stderr

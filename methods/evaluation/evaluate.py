@@ -42,10 +42,9 @@ SCALARS = ("real_r1", "real_r5", "generated_r1", "generated_r5", "generated_r1_s
 def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val", num_captions: int = 32,
              sampling: dict | None = None, num_samples: int = 1, seed: int = 0, out: str | None = None,
              evaluator: str | None = None, device: str = "auto", batch_size: int = 16, progress: bool = True,
-             autoencoder: str | None = None, decode_level: float | None = None) -> dict:
+             autoencoder: str | None = None) -> dict:
     """sampling: the command's --steps / --guidance / --sampler / --eta / --noise_correlation (None = the
-    checkpoint's settings); autoencoder: --autoencoder, another decoder to decode (and reconstruct) with;
-    decode_level: --decode_level, the noise level a level-input decoder is told."""
+    checkpoint's settings); autoencoder: --autoencoder, another decoder to decode (and reconstruct) with."""
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if num_captions < 2:
@@ -56,7 +55,7 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
         raise UserError(f"--num_samples must be >= 1, got {num_samples}")
     dev = select_device(device)
     pipe = SignPipeline.from_pretrained(checkpoint, dev, text_encoder=False,  # captions come from the cache
-                                        autoencoder=autoencoder, decode_level=decode_level)
+                                        autoencoder=autoencoder)
     cfg, state = pipe.cfg, pipe.state
     settings = pipe.settings(**(sampling or {}))
     if data_dir:
@@ -85,9 +84,7 @@ def evaluate(checkpoint: str, *, data_dir: str | None = None, split: str = "val"
     saw = bool(split == "train" and trained_on and os.path.realpath(trained_on) == os.path.realpath(cfg.data.data_dir))
     report = dict(checkpoint=checkpoint, step=step, evaluator=ev_path, evaluator_trained_on=trained_on,
                   evaluator_saw_scored_clips=saw, data_dir=cfg.data.data_dir, split=split,
-                  autoencoder=cfg.autoencoder.path if cfg.autoencoder.kind != "none" else None,
-                  decode_level=pipe.autoencoder.decode_level if getattr(pipe.autoencoder, "level_input", False) else None,
-                  steps=settings.steps, guidance=settings.guidance, sampler=settings.sampler, eta=settings.eta,
+                  autoencoder=cfg.autoencoder.path if cfg.autoencoder.kind != "none" else None, steps=settings.steps, guidance=settings.guidance, sampler=settings.sampler, eta=settings.eta,
                   noise_correlation=settings.noise_correlation, seed=seed, samples_per_caption=num_samples,
                   ground_truth=truth,
                   groups=score_groups(ev, ev_text, groups, picks, generated, training_captions(cfg.data), grid_dir,

@@ -98,8 +98,7 @@ class AutoencoderRun:
         if len(self.val_data) == 0:  # a tiny set: score on training frames, and say so
             self.val_data, self.val_name = self.train_data, "train (no val clips)"
         torch.manual_seed(tc.seed)
-        self.model = FrameAutoencoder(ac.down, ac.latent_channels, ac.width, time_down=ac.time_down,
-                                      level_input=ac.decoder_level_input).to(self.device)
+        self.model = FrameAutoencoder(ac.down, ac.latent_channels, ac.width, time_down=ac.time_down).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=ac.learning_rate, weight_decay=0.0,
                                            foreach=True)
         self.discriminator, self.disc_optimizer = None, None
@@ -196,23 +195,20 @@ class AutoencoderRun:
 
     def decoder_pass(self, x: torch.Tensor, noise: float, spread: float = 0.0) -> dict:
         """The frozen encoder's posterior means plus noise x their spread, decoded: gradients reach the decoder only.
-        With `spread`, each latent's noise level is drawn from [noise - spread, noise]; a level_input decoder is told
-        it."""
+        With `spread`, each latent's noise level is drawn from [noise - spread, noise]."""
         with torch.no_grad():
             mean = self.model.posterior(x)[0]
         eps = torch.randn(mean.shape, generator=self.generator, dtype=mean.dtype).to(mean.device)
-        level = torch.full((len(mean),), float(noise), dtype=mean.dtype)
+        level = noise
         if spread:
-            level = noise - spread + spread * torch.rand((len(mean),), generator=self.generator, dtype=mean.dtype)
-        level = level.to(mean.device)
-        noisy = mean + level.view(-1, 1, 1, 1) * mean.std() * eps
-        return {"recon": self.model.decode(noisy, level), "kl": torch.zeros((), device=x.device)}
+            u = torch.rand((len(mean), 1, 1, 1), generator=self.generator, dtype=mean.dtype)
+            level = (noise - spread + spread * u).to(mean.device)
+        return {"recon": self.model.decode(mean + level * mean.std() * eps), "kl": torch.zeros((), device=x.device)}
 
     @torch.no_grad()
-    def evaluate(self, max_frames: int, level: float = 0.0) -> dict:
+    def evaluate(self, max_frames: int) -> dict:
         """PSNR / SSIM of the decoded (uint8) val frames against the real ones, the posterior means' mean and std,
-        and the real and decoded frames for the strip (the first of every clip in view). level: what a level_input
-        decoder is told (0: the reconstruction of clean latents)."""
+        and the real and decoded frames for the strip (the first of every clip in view)."""
         self.model.eval()
         g = self.cfg.autoencoder.time_down
         total = len(self.val_data) * self.val_data.clips.shape[1] // g
@@ -222,7 +218,7 @@ class AutoencoderRun:
             x = frames_of(self.val_data, chunk, g).to(self.device)
             z = self.model.encode(x)
             real.append(uint8_frames(x, g))
-            fake.append(uint8_frames(self.model.decode(z, level), g))
+            fake.append(uint8_frames(self.model.decode(z), g))
             latents.append(z.float().cpu())
         self.model.train()
         real, fake, z = np.concatenate(real), np.concatenate(fake), torch.cat(latents)
@@ -308,22 +304,14 @@ class AutoencoderRun:
             self.writer.add_image("autoencoder_val/real_vs_reconstructed", strip, self.step, dataformats="HWC")
         self.model.scaling_factor = 1.0 / max(scores["latent_std"], 1e-6)
         self.model.shift_factor = scores["latent_mean"]
-        split = self.val_name.split()[0]
-        at_level = {}
-        if self.model.level_input:  # what generated latents are decoded at, scored on the clean val latents too
-            self.model.decode_level = self.cfg.autoencoder.decode_level
-            level_scores = self.evaluate(VAL_FRAMES, self.model.decode_level)
-            at_level = {"psnr_at_decode_level": level_scores["psnr"], "ssim_at_decode_level": level_scores["ssim"]}
-            self.log("autoencoder_val", at_level)
         dc = self.cfg.data
         self.model.save(self.model_dir, meta={
             "steps": self.step, "image_size": dc.image_size, "data_dir": os.path.abspath(dc.data_dir),
             "frames_per_clip": t, "latent_mean": scores["latent_mean"], "latent_std": scores["latent_std"],
-            "latent_roughness": scores["latent_roughness"], f"{split}_psnr": scores["psnr"],
-            f"{split}_ssim": scores["ssim"], **{f"{split}_{k}": v for k, v in at_level.items()}})
+            "latent_roughness": scores["latent_roughness"],
+            f"{self.val_name.split()[0]}_psnr": scores["psnr"], f"{self.val_name.split()[0]}_ssim": scores["ssim"]})
         return {"path": self.model_dir, "strip": strip_path, "step": self.step, "params": self.num_params,
-                "scored_on": self.val_name, **at_level,
-                **{k: v for k, v in scores.items() if k not in ("real", "fake")}}
+                "scored_on": self.val_name, **{k: v for k, v in scores.items() if k not in ("real", "fake")}}
 
 
 def load_run_state(path: str) -> dict:
