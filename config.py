@@ -338,7 +338,8 @@ def real() -> Config:
                                         decoder_noise_spread=0.5)
     cfg.model = ModelConfig(arch="UNet3D-S", text_alignment=True)
     # 10 DDIM steps: at or above 50 in all 12 caption draws of two trained models (R@1 0.80 / 0.87 of real against
-    # 0.77 / 0.84, docs/latent.md), at a fifth of the sampling time (the demo's 5 are not measured here)
+    # 0.77 / 0.84, docs/latent.md), at a fifth of the sampling time; the demo's 5 moved R@1 within the draws' noise
+    # here (0.703 -> 0.682 and 0.859 -> 0.865 on two models), so the measured 10 stay
     cfg.diffusion.sample_steps = 10
     # batch 32: the 0.94M U-Net on 8 x 16x16x8 latents leaves 2 cores idle at batch 8, and 32 clips a step see
     # 1.5-2x the clips a second; 3,200 steps took about the time 9,000 at batch 8 did and lifted R@1 from 0.57 to 0.73
