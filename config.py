@@ -91,7 +91,7 @@ class DiffusionConfig:
     motion_weight: float = 0.0  # more loss weight on moving pixels (hands carry the caption) at noisy steps (0 = off)
     frame_noise_correlation: float = 0.0  # noise shared by a clip's frames (mixed noise prior): less flicker (0 = off)
     sample_noise_correlation: float = -1.0  # the samplers' rho (< 0: frame_noise_correlation); above it: less flicker
-    sampler: str = "ddim"  # ddim | ddpm
+    sampler: str = "ddim"  # ddim | dpm++2m (second order: nearer the ODE's end, not better clips here) | ddpm
     sample_steps: int = 50  # sampler steps (<= timesteps)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic, 1 = DDPM-like)
     guidance_scale: float = 3.0  # classifier-free guidance weight (1 = off)

@@ -299,7 +299,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: diffusion.sample_steps)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale, 1 = off (default: diffusion.guidance_scale)")
-    p.add_argument("--sampler", default=None, help="ddim or ddpm (default: diffusion.sampler)")
+    p.add_argument("--sampler", default=None, help="ddim, dpm++2m or ddpm (default: diffusion.sampler)")
     p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (default: diffusion.eta)")
     p.add_argument("--noise_correlation", type=float, default=None,
                    help="share of the noise a clip's frames have in common, in [0, 1); higher flickers less "

@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8, help="--real-only: frames per clip")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the checkpoint's)")
+    p.add_argument("--sampler", default=None, help="ddim, dpm++2m or ddpm (default: the checkpoint's)")
     p.add_argument("--noise_correlation", type=float, default=None,
                    help="starting noise shared by the frames (default: the checkpoint's)")
     p.add_argument("--smoke", action="store_true", help="--real-only on 3 captions: checks the script runs")
@@ -84,7 +85,8 @@ def main() -> None:
     texts = [" ".join(c) for c in captions for _ in range(args.samples)]
     seeds = [sample_seed(args.seed, " ".join(c), k) for c in captions for k in range(args.samples)]
     t0 = time.perf_counter()
-    settings = pipe.settings(steps=args.steps, guidance=args.guidance, noise_correlation=args.noise_correlation)
+    settings = pipe.settings(steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                             noise_correlation=args.noise_correlation)
     clips = pipe(texts, seeds=seeds, settings=settings, progress=True)
     print(f"\ngenerated {len(clips)} clips in {time.perf_counter() - t0:.1f} s ({settings})")
     gen = score_clips(clips, [tuple(t.split()) for t in texts], source)

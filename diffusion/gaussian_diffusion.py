@@ -1,4 +1,5 @@
-"""Gaussian diffusion on a T-step subsampled schedule: forward noising, training loss, DDIM and DDPM sampling.
+"""Gaussian diffusion on a T-step subsampled schedule: forward noising, training loss, DDIM, DPM-Solver++(2M) and DDPM
+sampling.
 
 Follows the structure of facebookresearch/DiT's `GaussianDiffusion`, trimmed to what Text2Sign uses: fixed (not
 learned) variances, an eps- or v-predicting network, and an MSE loss. Schedule tensors are kept as float64 masters
@@ -17,7 +18,7 @@ from config import DiffusionConfig
 from schedulers import make_schedule
 
 PREDICTIONS = ("eps", "v")
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "dpm++2m", "ddpm")
 
 ModelFn = Callable[..., torch.Tensor]
 
@@ -222,6 +223,34 @@ class GaussianDiffusion:
             x_prev = x_prev + sigma * (torch.randn_like(x_t) if noise is None else noise)
         return x_prev
 
+    def dpm_step(self, x_t: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, x0: torch.Tensor,
+                 last: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One DPM-Solver++(2M) update (Lu et al., 2022, algorithm 2) of the probability-flow ODE from step index t to
+        t_prev < t (-1: x0), given this step's x0 estimate and `last` = (x0 estimate, step index) of the step before.
+
+        In log-SNR time lambda = log(alpha / sigma), with h = lambda_prev - lambda_t:
+        x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^-h - 1) D, where D = x0 (first order: DDIM's update) or,
+        with `last`, x0 extrapolated linearly in lambda from the previous estimate: (1 + 1 / 2r) x0 - (1 / 2r) x0_last,
+        r = h_last / h. The step to t_prev = -1 (sigma 0) returns x0, first order as DDIM's last step does: an
+        extrapolation there only amplifies the last estimates' difference (the `lower_order_final` of diffusers).
+        """
+        def alpha_sigma_lambda(step: torch.Tensor):
+            ab = self._coef("alphas_cumprod", step, x_t).double()
+            return ab.sqrt(), (1 - ab).sqrt(), 0.5 * (ab.log() - (1 - ab).log())
+
+        if bool((t_prev < 0).all()):
+            return x0
+        alpha_t, sigma_t, lam_t = alpha_sigma_lambda(t)
+        alpha_p, sigma_p, lam_p = alpha_sigma_lambda(t_prev)
+        h = lam_p - lam_t
+        d = x0
+        if last is not None:
+            x0_last, t_last = last
+            r = (lam_t - alpha_sigma_lambda(t_last)[2]) / h
+            d = x0 + (x0 - x0_last) * (1 / (2 * r)).to(x0.dtype)
+        return ((sigma_p / sigma_t).to(x_t.dtype) * x_t
+                - (alpha_p * torch.expm1(-h)).to(x_t.dtype) * d)
+
     def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, model_out: torch.Tensor,
                   noise: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
         """One ancestral step x_t -> x_{t-1} ~ N(posterior mean, posterior variance β̃_t).
@@ -234,7 +263,7 @@ class GaussianDiffusion:
         return mean + std * (torch.randn_like(x_t) if noise is None else noise)
 
     def sampling_timesteps(self, steps: int | None = None, sampler: str = "ddim") -> list[int]:
-        """Descending step indices a sampler visits; DDIM subsets always include T-1 and 0."""
+        """Descending step indices a sampler visits; DDIM's and DPM-Solver's subsets always include T-1 and 0."""
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
         T = self.num_timesteps
@@ -245,7 +274,7 @@ class GaussianDiffusion:
             return list(range(T - 1, -1, -1))
         steps = T if steps is None else steps
         if not 1 <= steps <= T:
-            raise ValueError(f"ddim steps must be in [1, {T}], got {steps}")
+            raise ValueError(f"{sampler} steps must be in [1, {T}], got {steps}")
         return torch.linspace(T - 1, 0, steps).round().long().unique_consecutive().tolist()
 
     @torch.no_grad()
@@ -268,15 +297,19 @@ class GaussianDiffusion:
         if not 0 <= rho < 1:
             raise ValueError(f"noise_correlation must be in [0, 1), got {rho}")
         x = self.correlate_frames(draw_noise(shape, generator), rho).to(device)
-        needs_noise = sampler == "ddpm" or eta > 0
+        needs_noise = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
+        last = None  # DPM-Solver's (x0 estimate, step index) of the step before
         for i, step in enumerate(tqdm(timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t = torch.full((shape[0],), step, dtype=torch.long, device=device)
             model_out = model_fn(x, self.model_time(t))
             noise = self.correlate_frames(draw_noise(shape, generator), rho).to(device) if needs_noise else None
+            t_prev = torch.full_like(t, timesteps[i + 1] if i + 1 < len(timesteps) else -1)
             if sampler == "ddpm":
                 x = self.ddpm_step(x, t, model_out, noise=noise, clip_x0=clip_x0)
+            elif sampler == "dpm++2m":
+                x0, _ = self.predict_x0_eps(x, t, model_out, clip_x0=clip_x0)
+                x, last = self.dpm_step(x, t, t_prev, x0, last), (x0, t)
             else:
-                t_prev = torch.full_like(t, timesteps[i + 1] if i + 1 < len(timesteps) else -1)
                 x = self.ddim_step(x, t, t_prev, model_out, eta, noise=noise, clip_x0=clip_x0)
         return x
 

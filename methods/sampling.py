@@ -56,6 +56,8 @@ class SamplingSettings:
         eta = dc.eta if eta is None else float(eta)
         if not (math.isfinite(eta) and eta >= 0):
             raise UserError(f"--eta must be a finite number >= 0, got {eta}")
+        if sampler == "dpm++2m" and eta > 0:
+            raise UserError(f"--eta {eta:g}: dpm++2m solves the deterministic ODE (eta belongs to ddim; give --eta 0)")
         if noise_correlation is None:  # the config's negative sample_noise_correlation means "as in training"
             noise_correlation = (dc.sample_noise_correlation if dc.sample_noise_correlation >= 0
                                  else dc.frame_noise_correlation)

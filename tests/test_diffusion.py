@@ -1,4 +1,5 @@
-"""GaussianDiffusion: forward process, parametrisations, DDIM/DDPM steps against hand-written formulas, sampling."""
+"""GaussianDiffusion: forward process, parametrisations, DDIM/DPM-Solver/DDPM steps against hand-written formulas,
+sampling."""
 import math
 
 import pytest
@@ -153,13 +154,55 @@ def test_ddpm_step_posterior():
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
-@pytest.mark.parametrize("sampler, steps", [("ddim", 10), ("ddpm", None)])
+@pytest.mark.parametrize("sampler, steps", [("ddim", 10), ("dpm++2m", 10), ("ddpm", None)])
 def test_oracle_sampling_recovers_x0(prediction, sampler, steps):
     d = GaussianDiffusion("cosine", 50, prediction=prediction)
     x0 = make_x0()
     out = d.sample(oracle(d, x0), SHAPE, steps=steps, sampler=sampler,
                    generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
+
+
+def test_dpm_step_by_hand():
+    """First order is DDIM's deterministic update; second order extrapolates x0 linearly in log-SNR time."""
+    d = GaussianDiffusion("cosine", 50, prediction="v")
+    x_t, x0, x0_last = randn(1, dtype=torch.float64), make_x0(2, dtype=torch.float64), make_x0(3, dtype=torch.float64)
+    t, t_prev, t_last = (torch.full((SHAPE[0],), i) for i in (20, 10, 30))
+    v = d.target(x0, t, (x_t - alpha_bar(d, t).sqrt() * x0) / (1 - alpha_bar(d, t)).sqrt())  # the v whose x0 is x0
+    torch.testing.assert_close(d.dpm_step(x_t, t, t_prev, x0), d.ddim_step(x_t, t, t_prev, v, eta=0.0, clip_x0=False))
+    a, a_p, a_l = (alpha_bar(d, s) for s in (t, t_prev, t_last))
+    lam, lam_p, lam_l = (0.5 * torch.log(ab / (1 - ab)) for ab in (a, a_p, a_l))
+    h, r = lam_p - lam, (lam - lam_l) / (lam_p - lam)
+    want = ((1 - a_p) / (1 - a)).sqrt() * x_t - a_p.sqrt() * (torch.exp(-h) - 1) * (
+        (1 + 1 / (2 * r)) * x0 - x0_last / (2 * r))
+    torch.testing.assert_close(d.dpm_step(x_t, t, t_prev, x0, (x0_last, t_last)), want)
+    t_end = torch.full_like(t, -1)  # the last step returns the x0 estimate, as DDIM's does
+    torch.testing.assert_close(d.dpm_step(x_t, t, t_end, x0, (x0_last, t_last)), x0)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_dpm_solver_follows_the_ode_closer_than_ddim(schedule):
+    """Gaussian data N(mu, s^2) has an exact denoiser and an exact probability-flow ODE: along it, the noisy sample's
+    z-score under its own marginal N(alpha mu, alpha^2 s^2 + sigma^2) is constant. A second-order solver must land
+    far nearer the ODE's end than first-order DDIM at the same steps (measured: 22x at 50 steps, 2.7x at 20)."""
+    d = GaussianDiffusion(schedule, 50, prediction="v")
+    mu, s = 0.3, 0.5
+    ab = d.schedule.alphas_cumprod
+    table = d.schedule.model_timesteps.float()
+
+    def model_fn(x_t, model_time):
+        a = ab[torch.searchsorted(table, model_time)].reshape(-1, 1)
+        alpha, sigma = a.sqrt(), (1 - a).sqrt()
+        x0 = mu + alpha * s * s / (a * s * s + 1 - a) * (x_t - alpha * mu)
+        return alpha * (x_t - alpha * x0) / sigma - sigma * x0  # v
+
+    x_T = randn(5, shape=(4096, 1)).double()
+    exact = mu + s * (x_T - ab[-1].sqrt() * mu) / (ab[-1] * s * s + 1 - ab[-1]).sqrt()
+    rms = {(sampler, steps): (d.sample(model_fn, (4096, 1), steps=steps, sampler=sampler, clip_x0=False,
+                                       generator=torch.Generator().manual_seed(5)) - exact).pow(2).mean().sqrt().item()
+           for sampler in ("ddim", "dpm++2m") for steps in (20, 50)}
+    assert rms[("dpm++2m", 50)] < rms[("ddim", 50)] / 10 and rms[("dpm++2m", 50)] < 2e-3
+    assert rms[("dpm++2m", 20)] < rms[("ddim", 20)] / 1.5
 
 
 def test_sampling_timesteps():

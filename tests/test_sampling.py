@@ -34,7 +34,7 @@ def test_noise_correlation_is_the_configs_sampling_value_else_trainings_unless_a
     ({"steps": 51}, "--steps must be in [1, 50]"),
     ({"steps": -3}, "--steps must be in [1, 50]"),
     ({"sampler": "ddpm", "steps": 10}, "ddpm runs all 50"),
-    ({"sampler": "euler"}, "--sampler must be one of ddim, ddpm"),
+    ({"sampler": "euler"}, "--sampler must be one of ddim, dpm++2m, ddpm"),
     ({"guidance": float("nan")}, "--guidance must be a finite number"),
     ({"noise_correlation": 1.0}, "--noise_correlation must be in [0, 1), got 1.0"),
     ({"noise_correlation": -0.1}, "--noise_correlation must be in [0, 1), got -0.1"),
@@ -42,6 +42,7 @@ def test_noise_correlation_is_the_configs_sampling_value_else_trainings_unless_a
     ({"guidance": float("inf")}, "--guidance must be a finite number"),
     ({"guidance": -1.0}, "--guidance must be a finite number >= 0"),
     ({"eta": float("nan")}, "--eta must be a finite number"),
+    ({"sampler": "dpm++2m", "eta": 0.5}, "--eta 0.5: dpm++2m solves the deterministic ODE"),
 ])
 def test_bad_sampling_flags_are_one_line_user_errors(flags, needle):
     with pytest.raises(UserError) as err:
