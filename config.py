@@ -89,7 +89,6 @@ class DiffusionConfig:
     prediction: str = "eps"  # eps | v (v predicts x0 directly at low SNR: far better samples early in training)
     min_snr_gamma: float = 0.0  # min-SNR-γ loss weighting (0 = plain MSE); caps the weight of nearly clean steps
     motion_weight: float = 0.0  # more loss weight on moving pixels (hands carry the caption) at noisy steps (0 = off)
-    motion_weight_floor: float = 0.0  # share of motion_weight kept at the clean end (0: fades to plain MSE, 1: flat)
     frame_noise_correlation: float = 0.0  # noise shared by a clip's frames (mixed noise prior): less flicker (0 = off)
     sample_noise_correlation: float = -1.0  # the samplers' rho (< 0: frame_noise_correlation); above it: less flicker
     sampler: str = "ddim"  # ddim | dpm++2m (second order: nearer the ODE's end, not better clips here) | ddpm
@@ -218,7 +217,6 @@ class Config:
             ("model.caption_dropout", 0.0 <= self.model.caption_dropout < 1.0, "must be in [0, 1)"),
             ("diffusion.frame_noise_correlation", 0.0 <= self.diffusion.frame_noise_correlation < 1.0,
              "must be in [0, 1)"),
-            ("diffusion.motion_weight_floor", 0.0 <= self.diffusion.motion_weight_floor <= 1.0, "must be in [0, 1]"),
             ("diffusion.sample_noise_correlation", self.diffusion.sample_noise_correlation < 1.0,
              "must be < 1 (negative: diffusion.frame_noise_correlation)"),
             ("diffusion.sample_steps", 1 <= self.diffusion.sample_steps <= self.diffusion.timesteps,

@@ -27,20 +27,16 @@ class GaussianDiffusion:
     """Forward process, loss and samplers for one schedule and parametrisation."""
 
     def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps",
-                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0,
-                 motion_weight_floor: float = 0.0):
+                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
         if min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be >= 0, got {min_snr_gamma}")
         if motion_weight < 0:
             raise ValueError(f"motion_weight must be >= 0, got {motion_weight}")
-        if not 0 <= motion_weight_floor <= 1:
-            raise ValueError(f"motion_weight_floor must be in [0, 1], got {motion_weight_floor}")
         if not 0 <= frame_noise_correlation < 1:
             raise ValueError(f"frame_noise_correlation must be in [0, 1), got {frame_noise_correlation}")
         self.min_snr_gamma, self.motion_weight = min_snr_gamma, motion_weight
-        self.motion_weight_floor = motion_weight_floor
         self.frame_noise_correlation = frame_noise_correlation
         self.schedule = make_schedule(schedule, timesteps)
         self.schedule_name = schedule
@@ -71,7 +67,7 @@ class GaussianDiffusion:
     def from_config(cls, dc: DiffusionConfig) -> "GaussianDiffusion":
         """The process a DiffusionConfig (diffusion section of config.py) describes."""
         return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma, dc.motion_weight,
-                   dc.frame_noise_correlation, dc.motion_weight_floor)
+                   dc.frame_noise_correlation)
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.num_timesteps}, "
@@ -176,11 +172,8 @@ class GaussianDiffusion:
         weighted = mse_per_sample
         if self.motion_weight:
             # full strength where the sample is mostly noise (the network decides what moves where: the caption's
-            # content), fading as the noise vanishes (removing the last noise matters everywhere) to the floor's share
-            # of it (0: a plain MSE)
-            fade = 1 - self._table("alphas_cumprod", t.device, torch.float32)[t]
-            floor = self.motion_weight_floor
-            strength = self.motion_weight * (floor + (1 - floor) * fade)
+            # content), fading to a plain MSE as the noise vanishes (removing the last noise matters everywhere)
+            strength = self.motion_weight * (1 - self._table("alphas_cumprod", t.device, torch.float32)[t])
             weighted = (sq_err * self.motion_weights(x0, strength)).flatten(1).mean(dim=1)
         loss_per_sample = weighted * self._table("loss_weight", t.device, torch.float32)[t]
         return {"loss": loss_per_sample.mean(), "loss_per_sample": loss_per_sample, "mse_per_sample": mse_per_sample,

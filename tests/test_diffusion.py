@@ -336,22 +336,6 @@ def test_motion_weighted_loss():
     assert GaussianDiffusion.from_config(DiffusionConfig(motion_weight=2.0)).motion_weight == 2.0
 
 
-@pytest.mark.parametrize("floor", [0.5, 1.0])
-def test_motion_weight_floor_keeps_a_share_at_the_clean_end(floor):
-    d = GaussianDiffusion.from_config(DiffusionConfig(timesteps=50, schedule="cosine", prediction="v",
-                                                      motion_weight=2.0, motion_weight_floor=floor))
-    x0, noise, t = make_x0(), randn(1), torch.tensor([3, 40])
-    out = d.training_losses(lambda x, s: 0.5 * x, x0, t, noise)
-    sq = (0.5 * out["x_t"] - out["target"]) ** 2
-    fade = 1 - d.schedule.alphas_cumprod[t].float()
-    strength = 2.0 * (floor + (1 - floor) * fade)  # floor 1: 2.0 at every step; 0.5: 1.04 at t = 3, 1.93 at t = 40
-    assert strength[0] >= 2.0 * floor
-    weighted = (sq * GaussianDiffusion.motion_weights(x0, strength)).mean(dim=(1, 2, 3, 4))
-    torch.testing.assert_close(out["loss_per_sample"], weighted)
-    with pytest.raises(ValueError, match="motion_weight_floor"):
-        GaussianDiffusion("cosine", 50, motion_weight=1, motion_weight_floor=1.5)
-
-
 def test_correlate_frames_exact_and_covariance():
     plain = GaussianDiffusion(timesteps=10)
     d = GaussianDiffusion(timesteps=10, frame_noise_correlation=0.5)
