@@ -221,6 +221,8 @@ class Config:
              "must be < 1 (negative: diffusion.frame_noise_correlation)"),
             ("diffusion.sample_steps", 1 <= self.diffusion.sample_steps <= self.diffusion.timesteps,
              "must be in [1, diffusion.timesteps]"),
+            ("diffusion.eta", self.diffusion.sampler != "dpm++2m" or self.diffusion.eta == 0,
+             "must be 0 with diffusion.sampler=dpm++2m (it solves the deterministic ODE; eta belongs to ddim)"),
             ("train.lr", 0 < self.train.lr <= 1, "must be in (0, 1]"),
             ("train.weight_decay", self.train.lr * self.train.weight_decay < 1,
              "must keep train.lr * train.weight_decay < 1 (AdamW shrinks weights by that factor each step)"),

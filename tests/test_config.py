@@ -89,6 +89,13 @@ def test_bad_fields_and_values_name_the_field(override, needle):
     assert "\n" not in str(err.value)
 
 
+def test_eta_is_ddims_alone():
+    assert load_config("demo", ["diffusion.sampler=dpm++2m"]).diffusion.sampler == "dpm++2m"
+    with pytest.raises(ConfigError, match=r"^diffusion.eta=0.5 must be 0 with diffusion.sampler=dpm\+\+2m"):
+        load_config("demo", ["diffusion.sampler=dpm++2m", "diffusion.eta=0.5"])
+    assert load_config("demo", ["diffusion.eta=0.5"]).diffusion.eta == 0.5  # ddim's stochasticity
+
+
 def test_ambiguous_bare_name_is_rejected():
     @dataclasses.dataclass
     class First:
