@@ -59,6 +59,7 @@ class GaussianDiffusion:
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),
             "posterior_mean_coef2": (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod),
             "model_timesteps": self.schedule.model_timesteps,
+            "half_log_snr": 0.5 * self.schedule.snr.log(),  # DPM-Solver's time: lambda = log(sqrt(ᾱ) / sqrt(1 - ᾱ))
             "loss_weight": self._loss_weights(self.schedule.snr, prediction, min_snr_gamma),
         }
         self._copies: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
@@ -234,22 +235,18 @@ class GaussianDiffusion:
         r = h_last / h. The step to t_prev = -1 (sigma 0) returns x0, first order as DDIM's last step does: an
         extrapolation there only amplifies the last estimates' difference (the `lower_order_final` of diffusers).
         """
-        def alpha_sigma_lambda(step: torch.Tensor):
-            ab = self._coef("alphas_cumprod", step, x_t).double()
-            return ab.sqrt(), (1 - ab).sqrt(), 0.5 * (ab.log() - (1 - ab).log())
-
         if bool((t_prev < 0).all()):
             return x0
-        alpha_t, sigma_t, lam_t = alpha_sigma_lambda(t)
-        alpha_p, sigma_p, lam_p = alpha_sigma_lambda(t_prev)
-        h = lam_p - lam_t
+        lam_t = self._coef("half_log_snr", t, x_t)
+        h = self._coef("half_log_snr", t_prev, x_t) - lam_t
         d = x0
         if last is not None:
             x0_last, t_last = last
-            r = (lam_t - alpha_sigma_lambda(t_last)[2]) / h
-            d = x0 + (x0 - x0_last) * (1 / (2 * r)).to(x0.dtype)
-        return ((sigma_p / sigma_t).to(x_t.dtype) * x_t
-                - (alpha_p * torch.expm1(-h)).to(x_t.dtype) * d)
+            r = (lam_t - self._coef("half_log_snr", t_last, x_t)) / h
+            d = x0 + (x0 - x0_last) / (2 * r)
+        sigma_ratio = self._coef("sqrt_one_minus_alphas_cumprod", t_prev, x_t) / self._coef(
+            "sqrt_one_minus_alphas_cumprod", t, x_t)
+        return sigma_ratio * x_t - self._coef("sqrt_alphas_cumprod", t_prev, x_t) * torch.expm1(-h) * d
 
     def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, model_out: torch.Tensor,
                   noise: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
