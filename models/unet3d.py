@@ -25,6 +25,10 @@ from models.blocks import (Attention, CrossAttention, TemporalAttention, TextCon
 UNet3D_models: dict[str, dict] = {
     "UNet3D-B": dict(channels=(128, 256, 384, 512), num_blocks=2, attn_levels=(2, 3), num_heads=8, unshuffle=1),
     "UNet3D-S": dict(channels=(32, 64), num_blocks=1, attn_levels=(1,), num_heads=4, unshuffle=2),
+    # UNet3D-S behind a third level at the input's own resolution instead of its pixel-unshuffle: the demo's hands
+    # land 1.5 px nearer their places for 1.28x the step; W (16 channels there): closer still for 1.6x (docs/demo.md)
+    "UNet3D-S3": dict(channels=(8, 32, 64), num_blocks=1, attn_levels=(2,), num_heads=4, unshuffle=1),
+    "UNet3D-S3W": dict(channels=(16, 32, 64), num_blocks=1, attn_levels=(2,), num_heads=4, unshuffle=1),
     "UNet3D-Demo": dict(channels=(64, 128), num_blocks=1, attn_levels=(1,), num_heads=4, unshuffle=2),
     "UNet3D-Test": dict(channels=(16, 32), num_blocks=1, attn_levels=(1,), num_heads=2, unshuffle=2),
 }

@@ -37,7 +37,7 @@ def test_every_preset_validates():
 
 @pytest.mark.parametrize("base, field, value, needle", [
     ("real", "model.arch", "UNet3D-Nope", "model.arch='UNet3D-Nope' must be one of"),
-    ("demo", "data.image_size", 30, "data.image_size=30 must be a multiple of 4 for model.arch=UNet3D-S"),
+    ("demo", "data.image_size", 30, "data.image_size=30 must be a multiple of 4 for model.arch=UNet3D-S3"),
     ("real", "data.image_size", 72, "data.image_size=72 / autoencoder.down=4 = a 18x18 latent grid, which must be a "
                                     "multiple of 4 for model.arch=UNet3D-S"),
 ])

@@ -28,7 +28,7 @@ from utils.gif import safe_filename
     ("data.num_frames=100000", "data.num_frames=100000 must be in [1, 512]"),
     ("data.image_size=4096", "data.image_size=4096 must be in [8, 1024]"),
     ("data.image_size=1000000", "data.image_size=1000000 must be in [8, 1024]"),
-    ("data.image_size=30", "data.image_size=30 must be a multiple of 4 for model.arch=UNet3D-S"),  # the model's, first
+    ("data.image_size=30", "data.image_size=30 must be a multiple of 4 for model.arch=UNet3D-S3"),  # the model's, first
     ("diffusion.timesteps=1001", "diffusion.timesteps=1001 must be <= 1000"),
     ("train.seed=18446744073709551616", "train.seed=18446744073709551616 must be below 2**63"),
     ("data.data_dir=", "data.data_dir='' must name a folder"),
