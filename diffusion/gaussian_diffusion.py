@@ -27,7 +27,8 @@ class GaussianDiffusion:
     """Forward process, loss and samplers for one schedule and parametrisation."""
 
     def __init__(self, schedule: str = "cosine", timesteps: int = 50, prediction: str = "eps",
-                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0):
+                 min_snr_gamma: float = 0.0, motion_weight: float = 0.0, frame_noise_correlation: float = 0.0,
+                 timestep_shift: float = 1.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}")
         if min_snr_gamma < 0:
@@ -36,7 +37,9 @@ class GaussianDiffusion:
             raise ValueError(f"motion_weight must be >= 0, got {motion_weight}")
         if not 0 <= frame_noise_correlation < 1:
             raise ValueError(f"frame_noise_correlation must be in [0, 1), got {frame_noise_correlation}")
-        self.min_snr_gamma, self.motion_weight = min_snr_gamma, motion_weight
+        if not timestep_shift > 0:
+            raise ValueError(f"timestep_shift must be > 0, got {timestep_shift}")
+        self.min_snr_gamma, self.motion_weight, self.timestep_shift = min_snr_gamma, motion_weight, timestep_shift
         self.frame_noise_correlation = frame_noise_correlation
         self.schedule = make_schedule(schedule, timesteps)
         self.schedule_name = schedule
@@ -68,7 +71,7 @@ class GaussianDiffusion:
     def from_config(cls, dc: DiffusionConfig) -> "GaussianDiffusion":
         """The process a DiffusionConfig (diffusion section of config.py) describes."""
         return cls(dc.schedule, dc.timesteps, dc.prediction, dc.min_snr_gamma, dc.motion_weight,
-                   dc.frame_noise_correlation)
+                   dc.frame_noise_correlation, dc.timestep_shift)
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.num_timesteps}, "
@@ -99,8 +102,14 @@ class GaussianDiffusion:
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None = None,
                          device: torch.device | str | None = None) -> torch.Tensor:
-        """Uniform step indices in 0..T-1, drawn on CPU so a seeded generator gives the same draw on any device."""
-        return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
+        """Training step indices in 0..T-1, drawn on CPU so a seeded generator gives the same draw on any device:
+        uniform, or with timestep_shift k != 1 the uniform u in [0, 1) mapped to k u / (1 + (k - 1) u) (Esser et al.
+        2024's resolution shift): k times the uniform density at the noisy end, 1 / k at the clean end."""
+        if self.timestep_shift == 1:
+            return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
+        k, u = self.timestep_shift, torch.rand(batch, generator=generator)
+        shifted = k * u / (1 + (k - 1) * u)  # (batch,) in [0, 1)
+        return (shifted * self.num_timesteps).long().clamp(0, self.num_timesteps - 1).to(device)
 
     # ----------------------------------------------------------------------------------------------------------
     # forward process and training

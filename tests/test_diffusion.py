@@ -56,6 +56,22 @@ def test_model_time_and_timestep_sampling():
     assert t1.sum().item() == 101962 and t1.min() == 0 and t1.max() == 49
 
 
+def test_shifted_timesteps_follow_the_formula_and_train_the_noisy_end_more():
+    assert GaussianDiffusion(timestep_shift=1.0).sample_timesteps(64, torch.Generator().manual_seed(3)).tolist() == \
+        GaussianDiffusion().sample_timesteps(64, torch.Generator().manual_seed(3)).tolist()  # 1: the uniform draw
+    d = GaussianDiffusion("cosine", 50, timestep_shift=3.0)
+    t = d.sample_timesteps(100_000, generator=torch.Generator().manual_seed(3))
+    u = torch.rand(100_000, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(t, (3 * u / (1 + 2 * u) * 50).long())  # the same uniform stream, mapped
+    assert t.min() == 0 and t.max() == 49
+    # P(shifted u >= 1/2) = P(u >= 1 / (k + 1)) = k / (k + 1): three draws in four from the noisier half at k = 3
+    assert abs((t >= 25).float().mean().item() - 0.75) < 0.01
+    assert abs((t < 5).float().mean().item() - (1 - 3 * 0.9 / (1 + 2 * 0.9))) < 0.005  # the clean tenth: 1/28
+    with pytest.raises(ValueError, match="timestep_shift"):
+        GaussianDiffusion(timestep_shift=0.0)
+    assert GaussianDiffusion.from_config(DiffusionConfig(timestep_shift=2.5)).timestep_shift == 2.5
+
+
 def test_q_sample_by_hand():
     d = GaussianDiffusion("linear", 1000)  # step 0 is the first base step: ᾱ_0 = 1 - 1e-4
     x0 = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
