@@ -82,6 +82,10 @@ def train(trainer) -> int:
     say = trainer.world.is_main
     if trainer.step >= trainer.total_steps:
         if say:
+            from methods.training.experiment import ExperimentLock
+
+            with ExperimentLock(trainer.exp_dir):  # a run killed after its last save left its lock file: cleared here
+                pass
             print(f"nothing to do: step {trainer.step} already reached the {trainer.total_steps} steps configured "
                   f"(raise train.max_steps or train.epochs with --set)", file=sys.stderr)
         return 0

@@ -28,6 +28,12 @@ def test_synth_train_resume_sample(tmp_path, tiny_encoder):
     assert "resuming" in r.stderr and "step 4" in r.stderr
     assert len(os.listdir(tmp_path / "logs" / "tiny")) == 1
 
+    # A run SIGKILLed after its last save leaves its lock file; resuming a finished run clears it and does nothing.
+    (exp / ".lock").write_text("pid 999999999 on a-dead-host since 2026-01-01 00:00:00")
+    r = run("train", "--resume", *sets(overrides + ["train.max_steps=6"]), cwd=tmp_path)
+    assert r.returncode == 0 and "nothing to do: step 6" in r.stderr, r.stderr
+    assert not (exp / ".lock").exists()
+
     out = tmp_path / "out"
     r = run("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "../../etc/hello?*", "--num_samples", "2",
             "--steps", "3", "--output_dir", str(out), cwd=tmp_path)
