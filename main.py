@@ -81,11 +81,8 @@ def train(trainer) -> int:
     """Run a built trainer and report how it ended (rank 0 reports; every rank returns the same exit code)."""
     say = trainer.world.is_main
     if trainer.step >= trainer.total_steps:
+        trainer.train()  # trains nothing: takes the folder's lock and clears what a run killed at its end left
         if say:
-            from methods.training.experiment import ExperimentLock
-
-            with ExperimentLock(trainer.exp_dir):  # a run killed after its last save left its lock file: cleared here
-                pass
             print(f"nothing to do: step {trainer.step} already reached the {trainer.total_steps} steps configured "
                   f"(raise train.max_steps or train.epochs with --set)", file=sys.stderr)
         return 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import in_process, run, sets, tiny_overrides
+from utils.atomic import TEMP_SUFFIX
 
 def test_synth_train_resume_sample(tmp_path, tiny_encoder):
     data = tmp_path / "data"
@@ -28,11 +29,13 @@ def test_synth_train_resume_sample(tmp_path, tiny_encoder):
     assert "resuming" in r.stderr and "step 4" in r.stderr
     assert len(os.listdir(tmp_path / "logs" / "tiny")) == 1
 
-    # A run SIGKILLed after its last save leaves its lock file; resuming a finished run clears it and does nothing.
+    # A run SIGKILLed at its end leaves its lock file (and maybe a save's temp file); resuming the finished run
+    # clears both and trains nothing.
     (exp / ".lock").write_text("pid 999999999 on a-dead-host since 2026-01-01 00:00:00")
+    (exp / f".final.pt.x{TEMP_SUFFIX}").write_bytes(b"half a checkpoint")
     r = run("train", "--resume", *sets(overrides + ["train.max_steps=6"]), cwd=tmp_path)
     assert r.returncode == 0 and "nothing to do: step 6" in r.stderr, r.stderr
-    assert not (exp / ".lock").exists()
+    assert not [n for n in os.listdir(exp) if n.startswith(".")]
 
     out = tmp_path / "out"
     r = run("sample", "--checkpoint", str(exp / "latest.pt"), "--text", "../../etc/hello?*", "--num_samples", "2",

@@ -181,7 +181,8 @@ class Trainer:
 
     def train(self, stop_at: int | None = None) -> list[float]:
         """Run to total_steps; rank 0 checks the output folders and holds the experiment's lock, and every rank
-        stops if that fails."""
+        stops if that fails. A run already at total_steps only tidies the folder (the lock file and temp files a run
+        killed after its last save left) and returns."""
         with contextlib.ExitStack() as held:
             error = None
             if self.world.is_main:
@@ -194,7 +195,7 @@ class Trainer:
                 except UserError as err:
                     error = str(err)
             agree(error, self.world)
-            return self.run(stop_at)
+            return self.run(stop_at) if self.step < self.total_steps else self.loss_history
 
     def run(self, stop_at: int | None = None) -> list[float]:
         """The loop; SIGINT / SIGTERM (on any rank) or reaching stop_at saves latest.pt at the next step boundary."""
