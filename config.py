@@ -364,7 +364,7 @@ def real() -> Config:
     # of real on 344 clips; lr 2e-3 for the 4x batch: the same R@1 (0.75 against 0.73, within a draw's noise) and SSIM
     # 0.70 -> 0.71; 6,400 steps, not 3,200: R@1 0.84 -> 0.91 of real in two runs of independent seeds (autoencoder,
     # denoiser, evaluator), SSIM 0.75 -> 0.79, for 15 minutes of diffusion instead of 7.5 on a fast day of the 2-core
-    # machine (18 in all with the autoencoder; 40-50 on its slow days) (docs/latent.md)
+    # machine (18 in all with the autoencoder; an estimated 40-50 on its slow days) (docs/latent.md)
     cfg.train = TrainConfig(exp_name="real", epochs=100000, max_steps=6400, batch_size=32, lr=2e-3, warmup_steps=100,
                             ema_decay=0.995, sample_every=1000, checkpoint_every=1000, sample_prompts=())
     return cfg
